@@ -1,0 +1,316 @@
+"""The shared vocabulary of fleet: hosts, ops, pipelines, statuses and results.
+
+Every layer (config, executor, transport, state store, CLI, dashboard) speaks in these frozen
+dataclasses and enums. The status algebra (how op statuses make a host status, and host
+statuses a run status) lives here too, as pure functions, so that the executor, the store and
+the tests agree on it by construction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+# Names that end up in file paths, unit names, SQL rows and remote shells are restricted to a
+# conservative alphabet. Values that are not names (repo paths, branches, ...) have their own
+# validators in config.py and are always shell-quoted.
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+
+def is_valid_name(value: str) -> bool:
+    """True for a host, op or pipeline name fleet accepts (no leading '-' or '.')."""
+    return bool(NAME_RE.fullmatch(value)) and ".." not in value
+
+
+class Scope(StrEnum):
+    HOST = "host"
+    CONTROLLER = "controller"
+
+
+class Mode(StrEnum):
+    LOCKSTEP = "lockstep"
+    STREAMING = "streaming"
+
+
+class HostKeyPolicy(StrEnum):
+    STRICT = "strict"
+    ACCEPT_NEW = "accept-new"
+
+
+class Detach(StrEnum):
+    AUTO = "auto"
+    SYSTEMD_RUN = "systemd-run"
+    SETSID = "setsid"
+
+
+class OpStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    SKIPPED = "SKIPPED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (OpStatus.PENDING, OpStatus.RUNNING)
+
+    @property
+    def failed(self) -> bool:
+        return self in (OpStatus.FAILED, OpStatus.TIMEOUT)
+
+
+class HostStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (HostStatus.PENDING, HostStatus.RUNNING)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    PARTIAL = "PARTIAL"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    ABORTED = "ABORTED"
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code for a run that ended with this status."""
+        return {
+            RunStatus.COMPLETE: 0,
+            RunStatus.FAILED: 1,
+            RunStatus.PARTIAL: 3,
+            RunStatus.CANCELLED: 130,
+            RunStatus.ABORTED: 1,
+            RunStatus.RUNNING: 1,
+        }[self]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inventory models
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """The `[ssh]` table: how fleet authenticates hosts and itself."""
+
+    identity_file: str | None = None
+    known_hosts: tuple[str, ...] = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 15.0
+
+
+@dataclass(frozen=True)
+class Host:
+    """One target machine, with every setting resolved (host table > defaults > ssh config)."""
+
+    name: str
+    address: str  # as written in fleet.toml (may be an alias in ~/.ssh/config)
+    hostname: str  # what is dialled: ssh config's HostName, else address
+    port: int = 22
+    user: str = "root"
+    tags: tuple[str, ...] = ()
+    repo: str = "/etc/nixos"
+    remote: str = "origin"
+    branch: str = "main"
+    sudo: bool = False
+    flake_attr: str = ""
+    restart_units: tuple[str, ...] = ("fleet.service",)
+    system_profile: str = "/run/current-system"
+    detach: Detach = Detach.AUTO
+    run_dir: str = "/run/fleet"  # where detached ops keep pid, output and exit code
+    identity_files: tuple[str, ...] = ()
+    proxy_jump: str | None = None
+
+    @property
+    def attr(self) -> str:
+        return self.flake_attr or self.name
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The `[controller]` table: the local checkout used by controller ops."""
+
+    repo: str = "~/src/nixcfg"
+    flake_input: str = "fleet"
+    pr_ref: str = "refs/pull/{pr}/head"
+    git_name: str = "fleet"
+    git_email: str = "fleet@localhost"
+    remote: str = "origin"
+    branch: str = "main"
+
+
+@dataclass(frozen=True)
+class Op:
+    """An operation a pipeline step runs: built-in (`command` is None) or user-defined."""
+
+    id: str
+    description: str
+    scope: Scope = Scope.HOST
+    timeout: float = 300.0
+    warn_after: float | None = None
+    retries: int = 0
+    command: str | None = None  # a user op's shell command, with {placeholders}
+    builtin: bool = True
+    switch_like: bool = False  # records system_before / system_after
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    id: str
+    ops: tuple[str, ...]
+    description: str = ""
+    builtin: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime | None) -> str | None:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class OpResult:
+    op: str
+    status: OpStatus = OpStatus.PENDING
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    log: str | None = None
+    system_before: str | None = None
+    system_after: str | None = None
+    attempts: int = 0
+    tail: str = ""
+    switch_like: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "op": self.op,
+            "status": self.status.value,
+            "exit_code": self.exit_code,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "error": self.error,
+            "log": self.log,
+            "attempts": self.attempts,
+        }
+        if self.switch_like:
+            out["system_before"] = self.system_before
+            out["system_after"] = self.system_after
+        return out
+
+
+@dataclass(frozen=True)
+class HostResult:
+    name: str
+    status: HostStatus = HostStatus.PENDING
+    failed_op: str | None = None
+    ops: tuple[OpResult, ...] = ()
+    rolled_back: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "failed_op": self.failed_op,
+            "rolled_back": self.rolled_back,
+            "ops": [o.to_json() for o in self.ops],
+        }
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    pipeline: str
+    status: RunStatus = RunStatus.RUNNING
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    retry_of: str | None = None
+    controller_ops: tuple[OpResult, ...] = ()
+    hosts: Mapping[str, HostResult] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "status": self.status.value,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "retry_of": self.retry_of,
+            "options": dict(self.options),
+            "controller": {"ops": [o.to_json() for o in self.controller_ops]},
+            "hosts": {name: h.to_json() for name, h in self.hosts.items()},
+        }
+
+    def summary_json(self) -> dict[str, Any]:
+        statuses = [h.status for h in self.hosts.values()]
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "status": self.status.value,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "retry_of": self.retry_of,
+            "hosts_total": len(statuses),
+            "hosts_ok": sum(s is HostStatus.COMPLETE for s in statuses),
+            "hosts_failed": sum(s is HostStatus.FAILED for s in statuses),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# The status algebra
+
+
+def host_status_of(ops: Iterable[OpStatus]) -> HostStatus:
+    """A finished host's status from its op statuses (&& semantics).
+
+    FAILED when any op failed or timed out; else CANCELLED when any was cancelled; else
+    COMPLETE when every op succeeded (or was skipped because an earlier run did it).
+    """
+    statuses = list(ops)
+    if any(s.failed for s in statuses):
+        return HostStatus.FAILED
+    if any(s is OpStatus.CANCELLED for s in statuses):
+        return HostStatus.CANCELLED
+    if any(s in (OpStatus.PENDING, OpStatus.RUNNING) for s in statuses):
+        return HostStatus.RUNNING
+    return HostStatus.COMPLETE
+
+
+def run_status_of(hosts: Iterable[HostStatus], *, cancelled: bool) -> RunStatus:
+    """A finished run's status: CANCELLED when cancelled, else from its hosts."""
+    if cancelled:
+        return RunStatus.CANCELLED
+    statuses = list(hosts)
+    complete = sum(s is HostStatus.COMPLETE for s in statuses)
+    if statuses and complete == len(statuses):
+        return RunStatus.COMPLETE
+    if complete == 0:
+        return RunStatus.FAILED
+    return RunStatus.PARTIAL
