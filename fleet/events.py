@@ -82,7 +82,9 @@ class RunFinished:
     run: Run
 
 
-Event = RunStarted | OpStarted | OpOutput | OpSlow | OpNote | OpFinished | HostFinished | RunFinished
+Event = (
+    RunStarted | OpStarted | OpOutput | OpSlow | OpNote | OpFinished | HostFinished | RunFinished
+)
 Subscriber = Callable[[Event], Any]
 
 
