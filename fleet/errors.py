@@ -83,6 +83,6 @@ class OpError(HostError):
         last_lines: Sequence[str] = (),
     ) -> None:
         self.command = command
-        self.exit_code = exit_code
+        self.returncode = exit_code
         self.last_lines = tuple(last_lines)
         super().__init__(host, message)
