@@ -27,16 +27,24 @@ async def run_local(
     """Run one command in its own process group; kill the group if cancelled."""
     if shell:
         proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", argv[0], stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=cwd, start_new_session=True,
-        )  # fmt: skip
+            "sh",
+            "-c",
+            argv[0],
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
     else:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=cwd, start_new_session=True,
-        )  # fmt: skip
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
     assert proc.stdout is not None
     try:
         while chunk := await proc.stdout.read(65536):

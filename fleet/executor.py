@@ -315,8 +315,9 @@ class PipelineExecutor:
                     self._set_result(state, hs, k, OpStatus.SKIPPED, error=note)
         for i in list(state.controller):
             if all(hs.start > i for hs in state.hosts.values()):
-                result = dataclasses.replace(state.controller[i], status=OpStatus.SKIPPED,
-                                             error=note)  # fmt: skip
+                result = dataclasses.replace(
+                    state.controller[i], status=OpStatus.SKIPPED, error=note
+                )
                 state.controller[i] = result
                 self.bus.emit(OpFinished(state.run_id, None, result))
 
@@ -439,8 +440,9 @@ class PipelineExecutor:
             result = await self._attempt(state, hs, op, k, attempt)
             if not result.status.failed or attempt > op.retries:
                 return result
-            self._note(state, name, op.id, f"{result.status}: retrying ({attempt + 1} of "
-                       f"{op.retries + 1})")  # fmt: skip
+            self._note(
+                state, name, op.id, f"{result.status}: retrying ({attempt + 1} of {op.retries + 1})"
+            )
 
     async def _attempt(
         self, state: _RunState, hs: _HostState | None, op: Op, k: int, attempt: int
@@ -449,8 +451,9 @@ class PipelineExecutor:
         started = utcnow()
         if hs is not None:
             hs.status = HostStatus.RUNNING
-            self._set_result(state, hs, k, OpStatus.RUNNING, started_at=started, attempts=attempt,
-                             emit=False)  # fmt: skip
+            self._set_result(
+                state, hs, k, OpStatus.RUNNING, started_at=started, attempts=attempt, emit=False
+            )
         self.bus.emit(OpStarted(state.run_id, name, op.id, started, attempt))
         tail = TailBuffer()
 
@@ -609,8 +612,9 @@ class PipelineExecutor:
                     self.bus.emit(HostFinished(state.run_id, hs.snapshot()))
                 else:
                     self._exclude(state, hs, None, HostStatus.CANCELLED)
-        status = run_status_of((hs.status for hs in state.hosts.values()),
-                               cancelled=state.cancelled)  # fmt: skip
+        status = run_status_of(
+            (hs.status for hs in state.hosts.values()), cancelled=state.cancelled
+        )
         run = state.snapshot(status, utcnow())
         self.bus.emit(RunFinished(run))
         await self._deferred_restarts(state)

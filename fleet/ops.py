@@ -22,23 +22,60 @@ from fleet.models import ControllerSettings, Host, Op, Scope, is_valid_name
 MINUTE = 60.0
 
 BUILTIN_OPS: tuple[Op, ...] = (
-    Op("pull", "git fetch + fast-forward merge of the host's config checkout", timeout=5 * MINUTE,
-       warn_after=2 * MINUTE),
-    Op("switch", "nixos-rebuild switch --flake <repo>#<attr>, detached", timeout=60 * MINUTE,
-       warn_after=20 * MINUTE, switch_like=True),
-    Op("test", "run <repo>/hosts/<attr>/tests/*, or wait for systemd to be running",
-       timeout=10 * MINUTE, warn_after=3 * MINUTE),
-    Op("rollback", "nixos-rebuild switch --rollback, detached", timeout=30 * MINUTE,
-       warn_after=10 * MINUTE, switch_like=True),
-    Op("restart", "systemctl restart each loaded unit of restart_units", timeout=2 * MINUTE,
-       warn_after=1 * MINUTE),
-    Op("force-rebuild", "switch with --refresh and no negative narinfo cache",
-       timeout=90 * MINUTE, warn_after=30 * MINUTE, switch_like=True),
-    Op("merge-pr", "merge --pr N into the branch on the controller and push",
-       scope=Scope.CONTROLLER, timeout=5 * MINUTE, warn_after=2 * MINUTE),
-    Op("bump-flake", "update the controller's flake input, commit flake.lock, push",
-       scope=Scope.CONTROLLER, timeout=10 * MINUTE, warn_after=5 * MINUTE),
-)  # fmt: skip
+    Op(
+        "pull",
+        "git fetch + fast-forward merge of the host's config checkout",
+        timeout=5 * MINUTE,
+        warn_after=2 * MINUTE,
+    ),
+    Op(
+        "switch",
+        "nixos-rebuild switch --flake <repo>#<attr>, detached",
+        timeout=60 * MINUTE,
+        warn_after=20 * MINUTE,
+        switch_like=True,
+    ),
+    Op(
+        "test",
+        "run <repo>/hosts/<attr>/tests/*, or wait for systemd to be running",
+        timeout=10 * MINUTE,
+        warn_after=3 * MINUTE,
+    ),
+    Op(
+        "rollback",
+        "nixos-rebuild switch --rollback, detached",
+        timeout=30 * MINUTE,
+        warn_after=10 * MINUTE,
+        switch_like=True,
+    ),
+    Op(
+        "restart",
+        "systemctl restart each loaded unit of restart_units",
+        timeout=2 * MINUTE,
+        warn_after=1 * MINUTE,
+    ),
+    Op(
+        "force-rebuild",
+        "switch with --refresh and no negative narinfo cache",
+        timeout=90 * MINUTE,
+        warn_after=30 * MINUTE,
+        switch_like=True,
+    ),
+    Op(
+        "merge-pr",
+        "merge --pr N into the branch on the controller and push",
+        scope=Scope.CONTROLLER,
+        timeout=5 * MINUTE,
+        warn_after=2 * MINUTE,
+    ),
+    Op(
+        "bump-flake",
+        "update the controller's flake input, commit flake.lock, push",
+        scope=Scope.CONTROLLER,
+        timeout=10 * MINUTE,
+        warn_after=5 * MINUTE,
+    ),
+)
 
 PLACEHOLDERS = ("name", "address", "repo", "branch", "flake_attr")
 TUNABLE = ("timeout", "warn_after", "retries", "description")
@@ -182,9 +219,15 @@ def rebuild_argv(host: Host, op_id: str) -> list[str]:
         return ["nixos-rebuild", "switch", "--flake", flake]
     if op_id == "force-rebuild":
         return [
-            "nixos-rebuild", "switch", "--flake", flake,
-            "--refresh", "--option", "narinfo-cache-negative-ttl", "0",
-        ]  # fmt: skip
+            "nixos-rebuild",
+            "switch",
+            "--flake",
+            flake,
+            "--refresh",
+            "--option",
+            "narinfo-cache-negative-ttl",
+            "0",
+        ]
     if op_id == "rollback":
         return ["nixos-rebuild", "switch", "--rollback"]
     raise ValueError(f"{op_id} is not a switch-like op")
@@ -254,10 +297,15 @@ def user_op_script(op: Op, host: Host) -> str:
 
 def controller_git(settings: ControllerSettings, repo: str, *args: str) -> list[str]:
     return [
-        "git", "-C", repo,
-        "-c", f"user.name={settings.git_name}", "-c", f"user.email={settings.git_email}",
+        "git",
+        "-C",
+        repo,
+        "-c",
+        f"user.name={settings.git_name}",
+        "-c",
+        f"user.email={settings.git_email}",
         *args,
-    ]  # fmt: skip
+    ]
 
 
 def merge_pr_steps(settings: ControllerSettings, repo: str, pr: int) -> list[list[str]]:

@@ -95,8 +95,9 @@ def test_streaming_lets_each_host_go_ahead() -> None:
 
 def test_streaming_keeps_controller_ops_as_barriers(mocker) -> None:  # type: ignore[no-untyped-def]
     ops = OpRegistry.with_builtins()
-    ops.register(Op("gate", "a controller step", scope=Scope.CONTROLLER, command="true",
-                    builtin=False))  # fmt: skip
+    ops.register(
+        Op("gate", "a controller step", scope=Scope.CONTROLLER, command="true", builtin=False)
+    )
     pipeline = Pipeline("p", ("pull", "gate", "switch"))
     script = FleetScript()
     script.set("a", "pull", Behaviour(delay=0.1))
@@ -131,8 +132,11 @@ def test_failed_controller_op_fails_every_host(mocker) -> None:  # type: ignore[
 
 def test_merge_pr_needs_pr() -> None:
     with pytest.raises(ConfigError, match="--pr"):
-        run(make_executor(FleetScript()).execute(
-            Pipeline("m", ("merge-pr", "pull")), make_hosts("a")))  # fmt: skip
+        run(
+            make_executor(FleetScript()).execute(
+                Pipeline("m", ("merge-pr", "pull")), make_hosts("a")
+            )
+        )
 
 
 def test_cancellation_mid_pipeline() -> None:
@@ -236,8 +240,11 @@ def test_max_parallel_limits_concurrency() -> None:
     script = FleetScript()
     for h in "abcd":
         script.set(h, "pull", Behaviour(delay=0.02))
-    run(make_executor(script).execute(
-        Pipeline("p", ("pull",)), make_hosts(*"abcd"), RunOptions(max_parallel=2)))  # fmt: skip
+    run(
+        make_executor(script).execute(
+            Pipeline("p", ("pull",)), make_hosts(*"abcd"), RunOptions(max_parallel=2)
+        )
+    )
     running, peak = 0, 0
     for event, _h, _o in script.calls:
         running += 1 if event == "start" else -1
@@ -262,8 +269,9 @@ def test_rollback_on_failure_after_switch() -> None:
 def test_no_rollback_when_switch_itself_failed() -> None:
     script = FleetScript()
     script.set("a", "switch", Behaviour(exit_code=1))
-    result = run(make_executor(script).execute(
-        DO_ALL, make_hosts("a"), RunOptions(rollback_on_failure=True)))  # fmt: skip
+    result = run(
+        make_executor(script).execute(DO_ALL, make_hosts("a"), RunOptions(rollback_on_failure=True))
+    )
     assert [o.op for o in result.hosts["a"].ops] == ["pull", "switch", "test"]
     assert result.hosts["a"].rolled_back is False
 
@@ -288,8 +296,11 @@ def test_host_held_by_another_run_is_refused() -> None:
 
 def test_retry_starts_each_host_where_it_stopped() -> None:
     script = FleetScript()
-    result = run(make_executor(script).execute(
-        DO_ALL, make_hosts("a", "b"), retry_of="r1", start_at={"a": 1, "b": 2}))  # fmt: skip
+    result = run(
+        make_executor(script).execute(
+            DO_ALL, make_hosts("a", "b"), retry_of="r1", start_at={"a": 1, "b": 2}
+        )
+    )
     assert script.started() == [("a", "switch"), ("a", "test"), ("b", "test")]
     assert statuses(result, "a") == ["SKIPPED", "SUCCESS", "SUCCESS"]
     assert result.hosts["a"].ops[0].error == "done in run r1"

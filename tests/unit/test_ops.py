@@ -11,8 +11,15 @@ import pytest
 from fleet import detach, ops
 from fleet.models import ControllerSettings, Detach, Host, Op, Scope
 
-HOST = Host(name="alpha", address="10.0.0.1", hostname="10.0.0.1", repo="/etc/nixos",
-            branch="main", remote="origin", flake_attr="alpha-attr")  # fmt: skip
+HOST = Host(
+    name="alpha",
+    address="10.0.0.1",
+    hostname="10.0.0.1",
+    repo="/etc/nixos",
+    branch="main",
+    remote="origin",
+    flake_attr="alpha-attr",
+)
 
 
 def test_pull_steps_exact_argv() -> None:
@@ -29,11 +36,21 @@ def test_pull_steps_exact_argv() -> None:
 
 def test_rebuild_argv_exact() -> None:
     assert ops.rebuild_argv(HOST, "switch") == [
-        "nixos-rebuild", "switch", "--flake", "/etc/nixos#alpha-attr"]  # fmt: skip
+        "nixos-rebuild",
+        "switch",
+        "--flake",
+        "/etc/nixos#alpha-attr",
+    ]
     assert ops.rebuild_argv(HOST, "force-rebuild") == [
-        "nixos-rebuild", "switch", "--flake", "/etc/nixos#alpha-attr",
-        "--refresh", "--option", "narinfo-cache-negative-ttl", "0",
-    ]  # fmt: skip
+        "nixos-rebuild",
+        "switch",
+        "--flake",
+        "/etc/nixos#alpha-attr",
+        "--refresh",
+        "--option",
+        "narinfo-cache-negative-ttl",
+        "0",
+    ]
     assert ops.rebuild_argv(HOST, "rollback") == ["nixos-rebuild", "switch", "--rollback"]
     with pytest.raises(ValueError):
         ops.rebuild_argv(HOST, "pull")
@@ -47,7 +64,12 @@ def test_flake_attr_defaults_to_name() -> None:
 def test_privilege_strategy() -> None:
     sudo_host = Host(name="a", address="a", hostname="a", user="deploy", sudo=True)
     assert ops.Privilege.of(sudo_host).argv(["systemctl", "restart", "x"]) == [
-        "sudo", "-n", "systemctl", "restart", "x"]  # fmt: skip
+        "sudo",
+        "-n",
+        "systemctl",
+        "restart",
+        "x",
+    ]
     assert ops.Privilege.of(HOST).argv(["true"]) == ["true"]
     root_with_sudo = Host(name="a", address="a", hostname="a", user="root", sudo=True)
     assert ops.Privilege.of(root_with_sudo).argv(["true"]) == ["true"]
@@ -103,8 +125,7 @@ def test_bump_flake_commit_steps() -> None:
 
 
 def test_user_op_placeholders_are_quoted() -> None:
-    op = Op("smoke", "", command="curl -fsS http://{address}/ && echo {name} {repo}",
-            builtin=False)  # fmt: skip
+    op = Op("smoke", "", command="curl -fsS http://{address}/ && echo {name} {repo}", builtin=False)
     h = Host(name="a", address="x; touch /tmp/pwned", hostname="x", repo="/r r")
     assert ops.user_op_script(op, h) == ("curl -fsS http://'x; touch /tmp/pwned'/ && echo a '/r r'")
 
@@ -151,9 +172,7 @@ def test_hostile_host_values_stay_inert(tmp_path: Path, payload: str, field: str
     scripts = [
         ops.pull_script(host),
         ops.test_script(host, 10),
-        detach.launch_script(
-            host, str(tmp_path / "run"), ["true"], unit="u", detach=Detach.SETSID
-        ),  # fmt: skip
+        detach.launch_script(host, str(tmp_path / "run"), ["true"], unit="u", detach=Detach.SETSID),
         detach.finish_script(host, str(tmp_path / "run")),
         ops.j(ops.rebuild_argv(host, "switch")).replace("nixos-rebuild", "true", 1),
     ]
