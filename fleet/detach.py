@@ -74,7 +74,7 @@ else
   echo method=setsid
   (setsid {inner} </dev/null >/dev/null 2>&1 &)
 fi
-i=0; while [ ! -s "$d/pid" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+i=0; while [ ! -s "$d/pid" ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done
 printf 'pid=%s\\n' "$(cat "$d/pid" 2>/dev/null)"
 """
 
@@ -91,11 +91,21 @@ def parse_launch(output: bytes) -> Launched:
 
 
 def follow_script(directory: str, pid: int, offset: int) -> str:
-    """Stream `out` from byte `offset` until the detached process is gone."""
-    out = shlex.quote(f"{directory}/out")
+    """Stream `out` from byte `offset` until the detached process has ended.
+
+    `tail --pid` alone would wait on a zombie until something reaps it (the detached shell's
+    parent is init, which may reap late), so a watcher ends the follow as soon as `rc` exists
+    or the process is gone or a zombie; tail then prints what is left and exits.
+    """
+    d = shlex.quote(directory)
+    alive = (
+        f"kill -0 {pid} 2>/dev/null && "
+        f"[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -c1)\" != Z ]"
+    )
     return (
-        f"tail -s 0.2 -c +{offset + 1} --pid={pid} -f {out} 2>/dev/null"
-        f" || tail -c +{offset + 1} {out}"
+        f"d={d}\n"
+        f'(while [ ! -e "$d/rc" ] && {alive}; do sleep 0.1; done) &\n'
+        f'tail -s 0.1 -c +{offset + 1} --pid=$! -f "$d/out"\n'
     )
 
 
