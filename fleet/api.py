@@ -18,7 +18,7 @@ from fleet.config import Inventory, load_inventory, select_hosts
 from fleet.errors import ConfigError
 from fleet.events import EventBus, Subscriber
 from fleet.executor import PipelineExecutor, RunOptions
-from fleet.models import Host, HostResult, HostStatus, OpStatus, Pipeline, Run, Scope
+from fleet.models import Host, HostResult, HostStatus, Op, OpStatus, Pipeline, Run, Scope
 from fleet.state import StateStore, new_run_id
 from fleet.transport.base import SessionFactory
 
@@ -133,6 +133,7 @@ class Fleet:
             bus=bus,
             locks=self.store,
             new_run_id=new_run_id,
+            log_path=lambda run_id, host, op: str(self.store.log_path(run_id, host, op)),
         )
 
     def prepare(self, subscribers: Sequence[Subscriber] = ()) -> PipelineExecutor:
@@ -164,7 +165,7 @@ def retry_start(pipeline: Pipeline, host_positions: Sequence[int], result: HostR
     return 0
 
 
-def describe_host_op(op: ops.Op, host: Host) -> str:
+def describe_host_op(op: Op, host: Host) -> str:
     if not op.builtin:
         return ops.user_op_script(op, host)
     if op.id == "pull":
@@ -177,15 +178,15 @@ def describe_host_op(op: ops.Op, host: Host) -> str:
     return ops.j(argv) + f"   # detached ({host.detach.value})"
 
 
-def describe_controller_op(fleet: Fleet, op: ops.Op, plan: PlannedRun) -> str:
+def describe_controller_op(fleet: Fleet, op: Op, plan: PlannedRun) -> str:
     settings = fleet.inventory.controller
     repo = str(Path(settings.repo).expanduser())
     if not op.builtin:
         return op.command or ""
     if op.id == "merge-pr":
-        steps = ops.merge_pr_steps(settings, repo, plan.options.pr or 0)
-        return "\n".join(ops.j(s) for s in steps)
+        merge = ops.merge_pr_steps(settings, repo, plan.options.pr or 0)
+        return "\n".join(ops.j(s) for s in merge)
     if op.id == "bump-flake":
-        steps = ops.bump_flake_steps(settings, repo, (2, 19))
-        return "\n".join(ops.j(s) for group in steps.values() for s in group)
+        bump = ops.bump_flake_steps(settings, repo, (2, 19))
+        return "\n".join(ops.j(s) for group in bump.values() for s in group)
     return op.id

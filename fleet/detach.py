@@ -64,9 +64,10 @@ def launch_script(
         "&& command -v systemd-run >/dev/null",
     }[mode]
     return f"""\
-printf 'before=%s\\n' "$(readlink -f {shlex.quote(host.system_profile)} 2>/dev/null)"
 d={d}
 mkdir -p "$d" && rm -f "$d/pid" "$d/out" "$d/rc" "$d/rc.tmp" || exit 1
+readlink -f {shlex.quote(host.system_profile)} > "$d/before" 2>/dev/null
+printf 'before=%s\\n' "$(cat "$d/before")"
 if {use_systemd}; then
   echo method=systemd-run
   {systemd} --setenv=PATH="$PATH" -- {inner} || exit 1
@@ -77,6 +78,16 @@ fi
 i=0; while [ ! -s "$d/pid" ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done
 printf 'pid=%s\\n' "$(cat "$d/pid" 2>/dev/null)"
 """
+
+
+def recover_script(directory: str) -> str:
+    """After a connection dropped during `launch`: what it left (it went on without us)."""
+    return (
+        f"d={shlex.quote(directory)}\n"
+        'i=0; while [ ! -s "$d/pid" ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done\n'
+        """printf 'before=%s\\nmethod=%s\\npid=%s\\n' "$(cat "$d/before" 2>/dev/null)" """
+        """recovered "$(cat "$d/pid" 2>/dev/null)"\n"""
+    )
 
 
 def parse_launch(output: bytes) -> Launched:

@@ -194,6 +194,7 @@ class PipelineExecutor:
         locks: HostLocks | None = None,
         new_run_id: Callable[[], str] | None = None,
         runner_factory: RunnerFactory = default_runner,
+        log_path: Callable[[str, str | None, str], str] | None = None,
     ) -> None:
         self.ops = ops
         self.controller = ControllerOpRunner(controller)
@@ -203,6 +204,7 @@ class PipelineExecutor:
         self.new_run_id = new_run_id or _default_run_id
         self.self_unit = controller_unit()
         self.runner_factory = runner_factory
+        self.log_path = log_path
         self._main: asyncio.Task[None] | None = None
         self._state: _RunState | None = None
 
@@ -485,6 +487,8 @@ class PipelineExecutor:
             if slow is not None:
                 slow.cancel()
             result = self._op_result(op, status, error, outcome, started, attempt, tail)
+            if self.log_path is not None:
+                result = dataclasses.replace(result, log=self.log_path(state.run_id, name, op.id))
             if hs is not None:
                 hs.results[k] = result
                 self.bus.emit(OpFinished(state.run_id, name, result))

@@ -123,7 +123,12 @@ class HostOpRunner:
         directory = detach.run_directory(self.host, ctx.run_id, ctx.op.id, ctx.attempt)
         unit = detach.unit_name(ctx.run_id, ctx.op.id, ctx.attempt)
         script = detach.launch_script(self.host, directory, argv, unit=unit)
-        code, out = await self.session.capture(self.privilege.script(script))
+        try:
+            code, out = await self.session.capture(self.privilege.script(script))
+        except ConnectionLost as exc:  # the launch goes on without us: see what it left
+            ctx.note(f"connection lost while starting ({exc.reason}); reconnecting")
+            recover = self.privilege.script(detach.recover_script(directory))
+            code, out = await self._capture_again(ctx, recover)
         launched = detach.parse_launch(out)
         if code != 0 or launched.pid is None:
             return OpOutcome(
@@ -139,7 +144,11 @@ class HostOpRunner:
         except asyncio.CancelledError:
             await self._stop_detached(ctx, directory, launched.pid)
             raise
-        code, out = await self.session.capture(detach.finish_script(self.host, directory))
+        try:
+            code, out = await self.session.capture(detach.finish_script(self.host, directory))
+        except ConnectionLost as exc:
+            ctx.note(f"connection lost while finishing ({exc.reason}); reconnecting")
+            code, out = await self._capture_again(ctx, detach.finish_script(self.host, directory))
         rc, after = detach.parse_finish(out)
         error = None if rc == 0 else error_from_output(tail.data, rc)
         return OpOutcome(rc, launched.system_before, after, error)
@@ -161,6 +170,16 @@ class HostOpRunner:
             except ConnectionLost as exc:
                 ctx.note(f"connection lost while following ({exc.reason}); reconnecting")
                 await self._reconnect(ctx, attempt)
+                attempt += 1
+
+    async def _capture_again(self, ctx: OpContext, script: str) -> tuple[int, bytes]:
+        """Reconnect, then run an idempotent script, as often as the deadline allows."""
+        attempt = 0
+        while True:
+            await self._reconnect(ctx, attempt)
+            try:
+                return await self.session.capture(script)
+            except ConnectionLost:
                 attempt += 1
 
     async def _reconnect(self, ctx: OpContext, attempt: int) -> None:

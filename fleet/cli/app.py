@@ -155,7 +155,7 @@ def build_options(
 @click.argument("pipeline")
 @run_options
 @pass_app
-def run_cmd(app: AppContext, pipeline: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
+def run_cmd(app: AppContext, /, pipeline: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Run PIPELINE (see `fleet pipelines`)."""
     execute_pipeline(app, pipeline, build_options(**kw), dry_run=dry_run, as_json=as_json)
 
@@ -163,7 +163,7 @@ def run_cmd(app: AppContext, pipeline: str, dry_run: bool, as_json: bool, **kw: 
 def _shortcut(name: str, doc: str) -> None:
     @run_options
     @pass_app
-    def command(app: AppContext, dry_run: bool, as_json: bool, **kw: Any) -> None:
+    def command(app: AppContext, /, dry_run: bool, as_json: bool, **kw: Any) -> None:
         execute_pipeline(app, name, build_options(**kw), dry_run=dry_run, as_json=as_json)
 
     command.__doc__ = doc
@@ -184,7 +184,7 @@ _shortcut("force-update", "Rebuild bypassing caches, then restart the agent.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_app
 def op_cmd(
-    app: AppContext, op: str, selector: str | None, pr: int | None, dry_run: bool, as_json: bool
+    app: AppContext, /, op: str, selector: str | None, pr: int | None, dry_run: bool, as_json: bool
 ) -> None:
     """Run a single OP, stored as a run of pipeline `op:OP`."""
     options = RunOptions(selector=selector, pr=pr)
@@ -196,7 +196,7 @@ def op_cmd(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--dry-run", is_flag=True, help="Print what would run; run nothing.")
 @pass_app
-def retry_cmd(app: AppContext, run_id: str, as_json: bool, dry_run: bool) -> None:
+def retry_cmd(app: AppContext, /, run_id: str, as_json: bool, dry_run: bool) -> None:
     """Run again the hosts of RUN_ID that did not complete, from where each stopped."""
     fleet = app.fleet()
     plan = fleet.plan_retry(run_id)
@@ -204,7 +204,7 @@ def retry_cmd(app: AppContext, run_id: str, as_json: bool, dry_run: bool) -> Non
 
 
 def execute_pipeline(
-    app: AppContext, pipeline: str, options: RunOptions, *, dry_run: bool, as_json: bool
+    app: AppContext, /, pipeline: str, options: RunOptions, *, dry_run: bool, as_json: bool
 ) -> None:
     fleet = app.fleet()
     plan = fleet.plan(pipeline, options)
@@ -212,7 +212,7 @@ def execute_pipeline(
 
 
 def run_plan(
-    app: AppContext, fleet: Fleet, plan: PlannedRun, *, dry_run: bool, as_json: bool
+    app: AppContext, /, fleet: Fleet, plan: PlannedRun, *, dry_run: bool, as_json: bool
 ) -> None:
     if dry_run:
         show_dry_run(fleet, plan, as_json=as_json)
@@ -227,7 +227,7 @@ def run_plan(
     raise SystemExit(run.status.exit_code)
 
 
-async def _execute(app: AppContext, fleet: Fleet, plan: PlannedRun, *, as_json: bool) -> Run:
+async def _execute(app: AppContext, /, fleet: Fleet, plan: PlannedRun, *, as_json: bool) -> Run:
     from fleet.cli import views
 
     with contextlib.suppress(ImportError):
@@ -309,7 +309,7 @@ def _tail_reader(store: StateStore, run: Run) -> Callable[[str, str], str]:
 @click.option("--on", "selector", metavar="SELECTOR", help="Only these hosts.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def hosts_cmd(app: AppContext, selector: str | None, as_json: bool) -> None:
+def hosts_cmd(app: AppContext, /, selector: str | None, as_json: bool) -> None:
     """List the hosts of fleet.toml with their resolved settings."""
     from fleet.cli.views import render_table
     from fleet.config import select_hosts
@@ -349,7 +349,7 @@ def _host_json(h: Any) -> dict[str, Any]:
 @cli.command("ops")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def ops_cmd(app: AppContext, as_json: bool) -> None:
+def ops_cmd(app: AppContext, /, as_json: bool) -> None:
     """List the ops (built-in and from fleet.toml)."""
     from fleet.cli.views import render_table
 
@@ -370,8 +370,8 @@ def ops_cmd(app: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(items, indent=2))
         return
     rows = [
-        [i["id"], i["scope"], f"{i['timeout']:g}s", str(i["retries"]), i["description"]]
-        for i in items
+        [o.id, o.scope.value, f"{o.timeout:g}s", str(o.retries), o.description]
+        for o in inventory.ops
     ]
     click.echo(render_table(["OP", "SCOPE", "TIMEOUT", "RETRIES", "DESCRIPTION"], rows))
 
@@ -379,7 +379,7 @@ def ops_cmd(app: AppContext, as_json: bool) -> None:
 @cli.command("pipelines")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def pipelines_cmd(app: AppContext, as_json: bool) -> None:
+def pipelines_cmd(app: AppContext, /, as_json: bool) -> None:
     """List the pipelines (built-in and from fleet.toml)."""
     from fleet.cli.views import render_table
 
@@ -391,7 +391,7 @@ def pipelines_cmd(app: AppContext, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    rows = [[i["id"], " → ".join(i["ops"]), i["description"]] for i in items]
+    rows = [[p.id, " → ".join(p.ops), p.description] for p in inventory.pipelines]
     click.echo(render_table(["PIPELINE", "OPS", "DESCRIPTION"], rows))
 
 
@@ -402,7 +402,7 @@ def pipelines_cmd(app: AppContext, as_json: bool) -> None:
 @click.argument("run_id", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def status_cmd(app: AppContext, run_id: str | None, as_json: bool) -> None:
+def status_cmd(app: AppContext, /, run_id: str | None, as_json: bool) -> None:
     """Show a run (default: the latest)."""
     store = app.store()
     if run_id:
@@ -424,7 +424,7 @@ def status_cmd(app: AppContext, run_id: str | None, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def history_cmd(app: AppContext, limit: int, as_json: bool) -> None:
+def history_cmd(app: AppContext, /, limit: int, as_json: bool) -> None:
     """List recent runs, newest first."""
     runs = app.store().list_runs(limit)
     if as_json:
@@ -454,11 +454,13 @@ def history_cmd(app: AppContext, limit: int, as_json: bool) -> None:
 @click.option("--op", metavar="OP", help="Only this op.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the run goes on.")
 @pass_app
-def logs_cmd(app: AppContext, run_id: str, host: str | None, op: str | None, follow: bool) -> None:
+def logs_cmd(
+    app: AppContext, /, run_id: str, host: str | None, op: str | None, follow: bool
+) -> None:
     """Print the output of a run's ops."""
     store = app.store()
     rid = store.resolve_run_id(run_id)
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     offsets: dict[tuple[str, str], int] = {}
     while True:
         run = store.get_run(rid)
@@ -515,7 +517,7 @@ def _print_new(
 @cli.command("prune")
 @click.option("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 2w.")
 @pass_app
-def prune_cmd(app: AppContext, older_than: str) -> None:
+def prune_cmd(app: AppContext, /, older_than: str) -> None:
     """Remove finished runs and their logs older than AGE."""
     count = app.store().prune(parse_age(older_than))
     click.echo(f"removed {count} run(s)")
@@ -554,3 +556,8 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         raise SystemExit(1) from None
     raise SystemExit(0)
+
+
+from fleet.cli.serve import serve_cmd  # noqa: E402 (imported last: it registers itself below)
+
+cli.add_command(serve_cmd)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
@@ -16,6 +18,7 @@ from fleet.models import (
     Op,
     OpStatus,
     Pipeline,
+    Run,
     RunStatus,
     Scope,
 )
@@ -24,10 +27,11 @@ from fleet.pipelines import PipelineRegistry
 from fleet.runners import OpOutcome
 from tests.unit.fakes import Behaviour, FleetScript, make_executor, make_hosts, statuses
 
+T = TypeVar("T")
 DO_ALL = Pipeline("do-all", ("pull", "switch", "test"))
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -146,7 +150,7 @@ def test_cancellation_mid_pipeline() -> None:
     events: list[Event] = []
     executor = make_executor(script, events=events)
 
-    async def scenario():  # type: ignore[no-untyped-def]
+    async def scenario() -> Run:
         task = asyncio.create_task(executor.execute(DO_ALL, make_hosts("a", "b")))
         while len(script.started()) < 4:
             await asyncio.sleep(0.01)
