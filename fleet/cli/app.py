@@ -531,6 +531,56 @@ def parse_age(text: str) -> timedelta:
     return timedelta(**{unit: int(match[1])})
 
 
+@cli.command("demo")
+@click.option(
+    "--hosts",
+    "n",
+    type=click.IntRange(1, 500),
+    default=5,
+    show_default=True,
+    help="How many simulated hosts.",
+)
+@click.option("--keep", is_flag=True, help="Keep the demo's directory (config, repos, logs).")
+@pass_app
+def demo_cmd(app: AppContext, /, n: int, keep: bool) -> None:
+    """Try fleet on a simulated fleet: N SSH hosts on loopback, one with a broken config.
+
+    The hosts are served by an SSH server in a separate process, each with a real git
+    checkout and a stub nixos-rebuild; a commit that breaks one host's config has just been
+    pushed. do-all then runs through the real executor and SSH: that host fails at switch,
+    the others pull, switch and test. Needs no sshd and no root.
+    """
+    import shutil
+    import tempfile
+
+    from fleet.demo import start_demo
+
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
+    click.echo(f"starting {n} simulated host(s) in {workdir} ...", err=True)
+    try:
+        with start_demo(workdir / "fleet", n) as demo:
+            broken = ", ".join(demo.broken) or "none"
+            click.echo(f"pushed a commit that breaks host {broken}; running do-all\n", err=True)
+            app.config = str(demo.config_path)
+            app.state_dir = str(workdir / "state")
+            fleet = app.fleet()
+            plan = fleet.plan("do-all", RunOptions())
+            run = asyncio.run(_execute(app, fleet, plan, as_json=False))
+            from fleet.cli.views import render_summary
+
+            click.echo(render_summary(run, read_tail=_tail_reader(fleet.store, run)))
+            click.echo(
+                f"\nThat was a simulated fleet. Its fleet.toml is {demo.config_path}"
+                + ("" if keep else " (removed now; --keep keeps it)")
+                + ".\nFor your own hosts, write a fleet.toml (see the README) and run "
+                "`fleet do-all`."
+            )
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    raise SystemExit(EXIT_CANCELLED if run.status is RunStatus.CANCELLED else 0)
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
