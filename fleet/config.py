@@ -506,6 +506,8 @@ class _Table:
         """A host, op or pipeline id: a valid name, not differing from another only in case."""
         if not is_valid_name(name):
             raise self.error(name, f"invalid {what} name ({NAME_RULE})")
+        if what == "host" and name == "controller":
+            raise self.error(name, "'controller' is reserved for the controller's own ops")
         for other in existing:
             if other != name and other.lower() == name.lower():
                 raise self.error(name, f"{what} name differs from {other!r} only in case")

@@ -300,3 +300,28 @@ def test_config_error_is_one_line_exit_2(fleet_factory: FleetFactory) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "hosts.bad" in lines[0] and "address" in lines[0]
+
+
+def test_logs_status_and_prune(fleet3: TestFleet) -> None:
+    fleet3.break_host("host2")
+    code, data, _ = run_json(fleet3, "do-all")
+    assert code == 3
+    run_id = data["run_id"]
+    logs = fleet3.run_cli(["logs", run_id[:15], "--host", "host2", "--op", "switch"])
+    assert logs.returncode == 0, logs.stderr
+    assert "error: assertion failed" in logs.stdout
+    every = fleet3.run_cli(["logs", run_id])
+    assert "==> host1 pull <==" in every.stdout and "==> host3 test <==" in every.stdout
+    status = fleet3.run_cli(["status"])
+    assert status.returncode == 0
+    assert "PARTIAL" in status.stdout and "host2" in status.stdout
+    unknown = fleet3.run_cli(["logs", run_id, "--host", "nope"])
+    assert unknown.returncode == 2 and "no host 'nope'" in unknown.stderr
+    kept = fleet3.run_cli(["prune", "--older-than", "1d"])
+    assert kept.stdout.strip() == "removed 0 run(s)"
+    time.sleep(1.1)
+    pruned = fleet3.run_cli(["prune", "--older-than", "1s"])
+    assert pruned.stdout.strip() == "removed 1 run(s)"
+    assert json.loads(fleet3.run_cli(["history", "--json"]).stdout) == []
+    gone = fleet3.run_cli(["status", run_id])
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr

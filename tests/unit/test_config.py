@@ -1195,3 +1195,8 @@ def test_validators_are_usable_on_their_own() -> None:
     assert str(info.value) == "invalid git branch name '-x' (must not start with '-')"
     with pytest.raises(ValueError, match="invalid user name"):
         check_user("Robert'); DROP TABLE runs;--")
+
+
+def test_controller_is_not_a_host_name() -> None:
+    with pytest.raises(ConfigError, match="reserved"):
+        parse_inventory('[hosts.controller]\naddress = "10.0.0.1"\n')
