@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import tempfile
@@ -229,6 +230,26 @@ class Controller:
     @classmethod
     def of(cls, pid: int) -> Controller:
         return cls(socket.gethostname(), pid, process_start_time(pid))
+
+    def can_signal(self, hostname: str) -> bool:
+        """True when it runs on `hostname` (this machine) and we may signal it."""
+        if self.hostname != hostname or not process_alive(self.pid, self.start):
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except OSError:  # another user's process
+            return False
+        return True
+
+    def cancel_run(self, hostname: str) -> bool:
+        """SIGTERM this controller, which cancels its run as on Ctrl-C, if we can."""
+        if not self.can_signal(hostname):
+            return False
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except OSError:  # gone meanwhile
+            return False
+        return True
 
     def gone(self, hostname: str) -> bool:
         """True when it ran on `hostname` (this machine) and has exited. Others we cannot see."""
@@ -720,6 +741,14 @@ class StateStore:
                 args,
             ).fetchall()
         return _assemble(runs, hosts, ops)
+
+    def run_controller(self, run_id: str) -> Controller | None:
+        """The fleet process that drives (or drove) `run_id`, as recorded at its start."""
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(
+                "SELECT hostname, pid, pid_start FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return Controller(row[0], row[1], row[2]) if row else None
 
     def resolve_run_id(self, prefix: str) -> str:
         """The one run id that is `prefix` or starts with it."""

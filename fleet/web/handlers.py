@@ -135,7 +135,7 @@ async def list_runs(request: web.Request) -> web.Response:
     manager = _manager(request)
     runs = manager.store.list_runs(max(1, min(limit, MAX_RUNS)))
     return web.json_response(
-        [{**r.summary_json(), "cancellable": manager.cancellable(r.run_id)} for r in runs]
+        [{**r.summary_json(), "cancellable": manager.cancellable(r.run_id, r.status)} for r in runs]
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,15 @@ class RunManager:
     def is_local(self, run_id: str) -> bool:
         return run_id in self._local
 
-    def cancellable(self, run_id: str) -> bool:
+    def cancellable(self, run_id: str, status: RunStatus | None = None) -> bool:
+        """A run of this service, or of a fleet process on this machine that we may signal."""
         live = self._live.get(run_id)
-        return live is not None and not live.finished
+        if live is not None:
+            return not live.finished
+        if status is not RunStatus.RUNNING:
+            return False
+        controller = self.store.run_controller(run_id)
+        return controller is not None and controller.can_signal(socket.gethostname())
 
     async def start(self, pipeline: str, options: RunOptions) -> str:
         """Plan and start a run; returns its id once it is recorded (RunStarted)."""
@@ -157,9 +164,12 @@ class RunManager:
         run = self.store.get_run(run_id)  # StateError: unknown run
         if run.status is not RunStatus.RUNNING:
             raise Conflict(f"run {run_id} is {run.status.value}, not running")
+        controller = self.store.run_controller(run_id)
+        if controller is not None and controller.cancel_run(socket.gethostname()):
+            return  # that process cancels the run as on Ctrl-C, and records it
         raise Conflict(
-            f"run {run_id} is driven by another fleet process; cancel it there "
-            "(Ctrl-C, or SIGTERM to that process)"
+            f"run {run_id} is driven by another fleet process that this service cannot "
+            "signal; cancel it there (Ctrl-C, or SIGTERM to that process)"
         )
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:

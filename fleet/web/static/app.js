@@ -197,7 +197,7 @@ function upsertHistory(run) {
     run_id: run.run_id, pipeline: run.pipeline, status: run.status, started_at: run.started_at,
     finished_at: run.finished_at, retry_of: run.retry_of, hosts_total: Object.keys(run.hosts).length,
     hosts_ok: ok, hosts_failed: failed,
-    cancellable: state.local.has(run.run_id) && run.status === "RUNNING",
+    cancellable: run.status === "RUNNING",
   };
   const index = state.history.findIndex((r) => r.run_id === run.run_id);
   if (index >= 0) state.history[index] = summary;
@@ -460,11 +460,11 @@ function renderRun() {
     el("td", { "data-label": "Status" }, h.status ? badge(h.status) : null),
   )));
   const cancel = $("cancel");
-  const cancellable = run.status === "RUNNING" && state.local.has(run.run_id);
+  // Runs of this service and of fleet processes on this machine can be cancelled from here;
+  // the service says so when it cannot (another machine or user).
+  const cancellable = run.status === "RUNNING";
   cancel.disabled = !cancellable;
-  cancel.title = run.status !== "RUNNING" ? "No run in progress"
-    : cancellable ? `Cancel run ${run.run_id}`
-      : "Started by another fleet process: cancel it there";
+  cancel.title = cancellable ? `Cancel run ${run.run_id}` : "No run in progress";
 }
 
 function renderHistory() {
