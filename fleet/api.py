@@ -33,9 +33,10 @@ def state_dir_from(explicit: str | None, env: Mapping[str, str] = os.environ) ->
 
 
 def ssh_session_factory(inventory: Inventory) -> SessionFactory:
-    from fleet.transport.ssh import SshSession
+    from fleet.transport.ssh import KnownHostsCache, SshSession
 
-    return lambda host: SshSession(host, inventory.ssh)
+    known_hosts = KnownHostsCache()  # parsed once for all the hosts, not once per host
+    return lambda host: SshSession(host, inventory.ssh, known_hosts=known_hosts)
 
 
 @dataclass(frozen=True)

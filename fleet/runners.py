@@ -120,41 +120,77 @@ class HostOpRunner:
         return OpOutcome(outcome.exit_code, error=outcome.error, deferred_units=deferred)
 
     async def _detached(self, ctx: OpContext, argv: list[str]) -> OpOutcome:
+        """Launch, follow and finish in one command (`detach.run_script`); after a dropped
+        connection, reconnect and go on with the separate steps from where it stopped."""
         directory = detach.run_directory(self.host, ctx.run_id, ctx.op.id, ctx.attempt)
         unit = detach.unit_name(ctx.run_id, ctx.op.id, ctx.attempt)
-        script = detach.launch_script(self.host, directory, argv, unit=unit)
+        stream = detach.DetachedStream(detach.new_delimiter())
+        script = detach.run_script(
+            self.host, directory, argv, unit=unit, delimiter=stream.delimiter
+        )
+        tail = TailBuffer()
+
+        def sink(data: bytes) -> None:
+            before = stream.launched
+            out = stream.feed(data)
+            if before is None and stream.launched is not None:
+                info = stream.launched
+                ctx.note(f"{argv[0]} started detached ({info.method}, pid {info.pid})")
+            if out:
+                tail.add(out)
+                ctx.output(out)
+
+        code: int | None = None
         try:
-            code, out = await self.session.capture(self.privilege.script(script))
-        except ConnectionLost as exc:  # the launch goes on without us: see what it left
-            ctx.note(f"connection lost while starting ({exc.reason}); reconnecting")
-            recover = self.privilege.script(detach.recover_script(directory))
-            code, out = await self._capture_again(ctx, recover)
-        launched = detach.parse_launch(out)
-        if code != 0 or launched.pid is None:
+            result = await self.session.run(
+                self.privilege.script(script), output=sink, privileged=self.privilege.sudo
+            )
+            code = result.exit_code
+        except ConnectionLost as exc:
+            if stream.launched is None:  # the launch goes on without us: see what it left
+                ctx.note(f"connection lost while starting ({exc.reason}); reconnecting")
+                recover = self.privilege.script(detach.recover_script(directory))
+                code, out = await self._capture_again(ctx, recover)
+                stream.launched = detach.parse_launch(out)
+                stream.head = out
+                if stream.launched.pid is not None:
+                    ctx.note(f"{argv[0]} started detached (pid {stream.launched.pid})")
+            # else the follow below notes the loss, reconnects and goes on from where it was
+        except asyncio.CancelledError:
+            if stream.launched is not None and stream.launched.pid is not None:
+                await self._stop_detached(ctx, directory, stream.launched.pid)
+            raise
+        launched = stream.launched or detach.parse_launch(stream.head)
+        if stream.launched is None or launched.pid is None:
             return OpOutcome(
                 exit_code=code or None,
                 system_before=launched.system_before,
                 error=f"could not start {argv[0]} detached ({launched.method}): "
-                + error_from_output(out, code),
+                + error_from_output(stream.head, code),
             )
-        ctx.note(f"{argv[0]} started detached ({launched.method}, pid {launched.pid})")
-        tail = TailBuffer()
-        try:
-            await self._follow(ctx, directory, launched.pid, tail)
-        except asyncio.CancelledError:
-            await self._stop_detached(ctx, directory, launched.pid)
-            raise
-        try:
-            code, out = await self.session.capture(detach.finish_script(self.host, directory))
-        except ConnectionLost as exc:
-            ctx.note(f"connection lost while finishing ({exc.reason}); reconnecting")
-            code, out = await self._capture_again(ctx, detach.finish_script(self.host, directory))
-        rc, after = detach.parse_finish(out)
+        rc, after = detach.parse_finish(stream.finish)
+        if not stream.finished or (rc is None and b"rc=" not in stream.finish):
+            try:  # the follow or the finish did not come to an end: do them separately
+                await self._follow(ctx, directory, launched.pid, tail, stream.output_bytes)
+            except asyncio.CancelledError:
+                await self._stop_detached(ctx, directory, launched.pid)
+                raise
+            rc, after = await self._finish(ctx, directory)
         error = None if rc == 0 else error_from_output(tail.data, rc)
         return OpOutcome(rc, launched.system_before, after, error)
 
-    async def _follow(self, ctx: OpContext, directory: str, pid: int, tail: TailBuffer) -> None:
-        received = 0
+    async def _finish(self, ctx: OpContext, directory: str) -> tuple[int | None, str | None]:
+        try:
+            _, out = await self.session.capture(detach.finish_script(self.host, directory))
+        except ConnectionLost as exc:
+            ctx.note(f"connection lost while finishing ({exc.reason}); reconnecting")
+            _, out = await self._capture_again(ctx, detach.finish_script(self.host, directory))
+        return detach.parse_finish(out)
+
+    async def _follow(
+        self, ctx: OpContext, directory: str, pid: int, tail: TailBuffer, offset: int = 0
+    ) -> None:
+        received = offset
 
         def sink(data: bytes) -> None:
             nonlocal received

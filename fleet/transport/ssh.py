@@ -32,6 +32,18 @@ READ_SIZE = 64 * 1024
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk")
 
 
+def _ciphers() -> tuple[str, ...]:
+    """asyncssh's default ciphers with AES-GCM first: with AES-NI a packet costs the controller
+    (and sshd) far less than with chacha20-poly1305, asyncssh's own first choice, whose
+    Python glue sets up new cipher contexts for every packet."""
+    default = [alg.decode() for alg in asyncssh.encryption.get_default_encryption_algs()]
+    gcm = sorted(alg for alg in default if "-gcm@" in alg)  # aes128-gcm, then aes256-gcm
+    return (*gcm, *(alg for alg in default if alg not in gcm))
+
+
+CIPHERS = _ciphers()
+
+
 def raise_nofile_limit() -> int:
     """Raise the soft limit on open files to the hard limit (a fleet holds many sockets)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -93,6 +105,36 @@ def hops_of(host: Host) -> list[Hop]:
 # Host keys
 
 
+class KnownHostsCache:
+    """fleet's known_hosts files, parsed once for all the hosts of a run (not once per host:
+    that is n parses of n lines), and parsed again when a file changes (accept-new)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[Path, ...], tuple[object, asyncssh.SSHKnownHosts]] = {}
+
+    def load(self, paths: list[Path]) -> asyncssh.SSHKnownHosts:
+        key = tuple(paths)
+        stamp = tuple(_stamp(path) for path in paths)
+        cached = self._parsed.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        known = asyncssh.SSHKnownHosts()
+        for path in paths:
+            for line in _read_lines(path):
+                with contextlib.suppress(ValueError):  # OpenSSH skips lines it cannot parse
+                    known.load(line)
+        self._parsed[key] = (stamp, known)
+        return known
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class _HostKeyCheck:
     """Checks a server's host key against fleet's known_hosts files, under its policy.
 
@@ -102,16 +144,14 @@ class _HostKeyCheck:
     recorded for the host, but not this one: always refused) and leaves the error to raise.
     """
 
-    def __init__(self, host_name: str, settings: SshSettings) -> None:
+    def __init__(
+        self, host_name: str, settings: SshSettings, known_hosts: KnownHostsCache | None = None
+    ) -> None:
         self._host_name = host_name
         self._policy = settings.host_key_policy
         self._shown = settings.known_hosts
         self._paths = [Path(p).expanduser() for p in settings.known_hosts]
-        self.known = asyncssh.SSHKnownHosts()
-        for path in self._paths:
-            for line in _read_lines(path):
-                with contextlib.suppress(ValueError):  # OpenSSH skips lines it cannot parse
-                    self.known.load(line)
+        self.known = (known_hosts or KnownHostsCache()).load(self._paths)
         self.error: HostKeyError | None = None
 
     def validate(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
@@ -241,9 +281,17 @@ class _ChannelStream(ShellStream):
 class SshSession(ShellSession):
     """A host reached over SSH: one connection (through its jump hosts) for the whole run."""
 
-    def __init__(self, host: Host, ssh: SshSettings) -> None:
-        super().__init__(host)
+    def __init__(
+        self,
+        host: Host,
+        ssh: SshSettings,
+        *,
+        host_lock: bool = True,
+        known_hosts: KnownHostsCache | None = None,
+    ) -> None:
+        super().__init__(host, host_lock=host_lock)
         self._ssh = ssh
+        self._known_hosts = known_hosts or KnownHostsCache()
         self._connections: list[tuple[asyncssh.SSHClientConnection, _Client]] = []
 
     # -- connect / close
@@ -282,7 +330,7 @@ class SshSession(ShellSession):
     async def _connect_hop(
         self, hop: Hop, *, jump: bool
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:
-        check = _HostKeyCheck(self.host.name, self._ssh)
+        check = _HostKeyCheck(self.host.name, self._ssh, self._known_hosts)
         client = _Client(check, self._client_lost)
         keys = self._identity_files()
         tunnel = self._connections[-1][0] if self._connections else None
@@ -304,6 +352,7 @@ class SshSession(ShellSession):
                     agent_forwarding=False,
                     connect_timeout=self._ssh.connect_timeout,
                     keepalive_interval=self._ssh.keepalive_interval,
+                    encryption_algs=CIPHERS,
                 )
         except (asyncssh.Error, OSError, ValueError) as exc:  # TimeoutError is an OSError
             error = self._connect_error(exc, hop, check)
