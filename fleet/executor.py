@@ -17,9 +17,9 @@ import dataclasses
 import os
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from fleet.controller import ControllerOpRunner
 from fleet.errors import ConfigError, FleetError, HostError
@@ -54,6 +54,11 @@ from fleet.models import (
 from fleet.ops import OpRegistry, Privilege
 from fleet.runners import HostOpRunner, OpContext, OpOutcome, TailBuffer, controller_unit
 from fleet.transport.base import Session, SessionFactory
+
+# How many hosts may be connecting (SSH handshake, login, shell start) at once: hundreds of
+# handshakes at a time only slow each other down, past the shell-start timeout on a busy
+# controller; the hosts that are already connected go on meanwhile.
+CONNECTING_AT_ONCE = 64
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,13 @@ class RunOptions:
 
 class HostLocks(Protocol):
     def acquire_hosts(self, run_id: str, hosts: Sequence[str]) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class HostLockHolder(Protocol):
+    """A session that takes a lock on its host (`ShellSession`): told which run it serves."""
+
+    def hold_for(self, run_id: str) -> None: ...
 
 
 class HostRunner(Protocol):
@@ -207,14 +219,18 @@ class PipelineExecutor:
         self.log_path = log_path
         self._main: asyncio.Task[None] | None = None
         self._state: _RunState | None = None
+        self._connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)  # made again by each run
 
     # -- public API ----------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Cancel the run in progress (Ctrl-C, SIGTERM, the dashboard's Cancel button)."""
-        if self._state is not None:
-            self._state.cancelled = True
-        if self._main is not None and not self._main.done():
+        """Cancel the run in progress (Ctrl-C, SIGTERM, the dashboard's Cancel button).
+
+        Once every op has ended it is too late: the run is being recorded as it ended."""
+        if self._state is None or (self._main is not None and self._main.done()):
+            return
+        self._state.cancelled = True
+        if self._main is not None:
             self._main.cancel()
 
     def validate(self, pipeline: Pipeline, options: RunOptions) -> list[Op]:
@@ -250,6 +266,8 @@ class PipelineExecutor:
         try:
             self._lock_hosts(state)
             self._main = asyncio.create_task(self._run(state))
+            if state.cancelled:  # cancel() came before the run's task existed: start nothing
+                self._main.cancel()
             try:
                 await asyncio.shield(self._main)
             except asyncio.CancelledError:
@@ -338,9 +356,10 @@ class PipelineExecutor:
     # -- the run ---------------------------------------------------------------------------
 
     async def _run(self, state: _RunState) -> None:
+        self._connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)  # this run's event loop
         semaphore = asyncio.Semaphore(state.options.max_parallel or len(state.hosts) or 1)
         for segment in self._segments(state):
-            if state.halted:
+            if state.halted or state.cancelled:
                 break
             first = state.ops[segment[0]]
             if first.scope is Scope.CONTROLLER:
@@ -348,9 +367,22 @@ class PipelineExecutor:
                     return
                 continue
             active = [hs for hs in state.hosts.values() if not hs.status.finished]
-            await asyncio.gather(
-                *(self._run_host_segment(state, hs, segment, semaphore) for hs in active)
+            await self._together(
+                self._run_host_segment(state, hs, segment, semaphore) for hs in active
             )
+
+    @staticmethod
+    async def _together(host_tasks: Iterable[Coroutine[Any, Any, None]]) -> None:
+        """One task per host, all awaited to the end: when the run is cancelled (or one raises,
+        e.g. the store cannot write) the others are cancelled and awaited too, so that every
+        host has stopped its remote work and recorded its ops before the run is recorded.
+        (`gather` would return at the first cancelled task and leave the others running.)"""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for coro in host_tasks:
+                    group.create_task(coro)
+        except BaseExceptionGroup as errors:
+            raise errors.exceptions[0] from None
 
     def _segments(self, state: _RunState) -> list[list[int]]:
         """Lockstep: one op a segment. Streaming: runs of host ops between controller ops."""
@@ -393,6 +425,8 @@ class PipelineExecutor:
             if index < hs.start or hs.status.finished:
                 continue
             async with semaphore:
+                if state.cancelled:  # (also while this host waited) _finish marks the rest
+                    return
                 if state.halted:  # max-fail reached while this host waited
                     self._exclude(state, hs, k, HostStatus.CANCELLED)
                     return
@@ -410,9 +444,12 @@ class PipelineExecutor:
     async def _host_failed(self, state: _RunState, hs: _HostState, k: int) -> None:
         state.failed_hosts += 1
         hs.failed_op = hs.results[k].op
-        if state.options.rollback_on_failure and self._switched_before(state, hs, k):
-            await self._rollback(state, hs)
-        self._exclude(state, hs, k + 1, HostStatus.FAILED)
+        try:
+            rollback = state.options.rollback_on_failure and not state.cancelled
+            if rollback and self._switched_before(state, hs, k):
+                await self._rollback(state, hs)
+        finally:  # also when cancelled during the rollback: the later ops never run
+            self._exclude(state, hs, k + 1, HostStatus.FAILED)
         max_fail = state.options.max_fail
         if max_fail and max_fail.exceeded(state.failed_hosts, len(state.hosts)):
             state.halted = True
@@ -428,6 +465,10 @@ class PipelineExecutor:
         hs.results.append(OpResult(op.id, switch_like=True))
         k = len(hs.results) - 1
         self._note(state, hs.host.name, op.id, "rolling back: an op after the switch failed")
+        if state.cancelled:  # by a subscriber of that note: the rollback never starts
+            log = self._log(state, hs.host.name, op.id)
+            self._set_result(state, hs, k, OpStatus.CANCELLED, error="cancelled", log=log)
+            return
         result = await self._attempts(state, hs, op, k)
         hs.rolled_back = result.status is OpStatus.SUCCESS
 
@@ -440,11 +481,12 @@ class PipelineExecutor:
         while True:
             attempt += 1
             result = await self._attempt(state, hs, op, k, attempt)
-            if not result.status.failed or attempt > op.retries:
+            if result.status.failed and attempt <= op.retries and not state.cancelled:
+                retry = f"{result.status}: retrying ({attempt + 1} of {op.retries + 1})"
+                self._note(state, name, op.id, retry)
+            # (checked again: a subscriber of that note may have cancelled the run)
+            if not result.status.failed or attempt > op.retries or state.cancelled:
                 return result
-            self._note(
-                state, name, op.id, f"{result.status}: retrying ({attempt + 1} of {op.retries + 1})"
-            )
 
     async def _attempt(
         self, state: _RunState, hs: _HostState | None, op: Op, k: int, attempt: int
@@ -487,8 +529,7 @@ class PipelineExecutor:
             if slow is not None:
                 slow.cancel()
             result = self._op_result(op, status, error, outcome, started, attempt, tail)
-            if self.log_path is not None:
-                result = dataclasses.replace(result, log=self.log_path(state.run_id, name, op.id))
+            result = dataclasses.replace(result, log=self._log(state, name, op.id))
             if hs is not None:
                 hs.results[k] = result
                 self.bus.emit(OpFinished(state.run_id, name, result))
@@ -536,7 +577,7 @@ class PipelineExecutor:
         name = hs.host.name if hs else None
         if hs is None:
             return await self.controller.run(op, output, pr=state.options.pr)
-        session = await self._session(hs)
+        session = await self._session(hs, state.run_id)
         ctx = OpContext(
             run_id=state.run_id,
             op=op,
@@ -547,10 +588,13 @@ class PipelineExecutor:
         )
         return await self.runner_factory(session, hs.host, self.self_unit).run(ctx)
 
-    async def _session(self, hs: _HostState) -> Session:
+    async def _session(self, hs: _HostState, run_id: str) -> Session:
         if hs.session is None:
             session = self.session_factory(hs.host)
-            await session.connect()  # ConnectError -> the op fails with the reason
+            if isinstance(session, HostLockHolder):
+                session.hold_for(run_id)
+            async with self._connecting:
+                await session.connect()  # ConnectError, HostLockedError -> the op fails: why
             hs.session = session
         return hs.session
 
@@ -594,6 +638,9 @@ class PipelineExecutor:
             status = HostStatus.FAILED
         hs.status = status
         self.bus.emit(HostFinished(state.run_id, hs.snapshot()))
+
+    def _log(self, state: _RunState, host: str | None, op: str) -> str | None:
+        return self.log_path(state.run_id, host, op) if self.log_path is not None else None
 
     def _note(self, state: _RunState, host: str | None, op: str, message: str) -> None:
         self.bus.emit(OpNote(state.run_id, host, op, message))

@@ -54,13 +54,82 @@ def wrap_command(script: str, token: str) -> str:
     )
 
 
-def ready_command(token: str) -> str:
+def ready_command(token: str, lock: HostLock | None = None) -> str:
     """The first line a new shell gets: it silences the shell's own stderr, then prints an
     End marker (which tells where the login's own output, a banner or an rc file's noise,
-    ends) whose status says whether `setsid` is installed (0) or not."""
+    ends) whose status says whether `setsid` is installed (0) or not.
+
+    With `lock`, the shell also takes the host lock (`host_lock_command`) and the marker's
+    status is `LOCKED` when another session holds it."""
+    if lock is not None:
+        return host_lock_command(token, lock)
     return (
         f"exec 2>/dev/null; command -v setsid >/dev/null; printf '\\036%s:E:%s\\n' {token} \"$?\"\n"
     )
+
+
+LOCKED = 75  # the ready marker's status when another session holds the host lock
+HOLDER_PREFIX = "fleet-lock-holder: "  # the line before that marker that names the holder
+
+
+@dataclass(frozen=True)
+class HostLock:
+    """The lock a session holds on its host for as long as its persistent shell lives.
+
+    `path` is a file in the host's run_dir (one lock per host, even where hosts share a
+    machine); `holder` is one line naming who holds it (shown to whoever is refused); `owner`
+    is the session's own random id, which lets a reconnecting session take back the lock that
+    its dropped shell still holds.
+    """
+
+    path: str
+    holder: str
+    owner: str
+
+
+def host_lock_command(token: str, lock: HostLock) -> str:
+    """The ready line of a session that takes the host lock (one line, so that the first
+    shell has read all of it before the locked shell starts reading the session's input).
+
+    `flock -o -n LOCK sh` makes the persistent shell a child of `flock`, which holds the lock
+    until that shell exits: when the session closes or its connection goes away (the shell
+    reads EOF), also after the controller was SIGKILLed. `-o` keeps the lock's descriptor from
+    the shell, so neither its commands nor the detached ops they start inherit the lock. The
+    locked shell writes the holder, the owner id and flock's pid into the lock file and prints
+    the ready marker itself. When the lock is taken (flock exits `LOCKED`), the first shell
+    prints the holder's line and a `LOCKED` marker instead; when the holder is this session's
+    own dropped shell (same owner), it kills that flock and waits for the lock. Without
+    `flock`, or when run_dir cannot be written, the first shell goes on unlocked (status 0).
+    """
+    owner = shlex.quote(lock.owner)
+    inner = 'printf \'%s\\n\' "$2" "$3" "$PPID" > "$1"; printf \'\\036%s:E:0\\n\' "$4"; exec sh'
+    args = f'"$l" sh -c {shlex.quote(inner)} fleet "$l" {shlex.quote(lock.holder)} {owner} {token}'
+    mine = f'[ "$(sed -n 2p "$l")" = {owner} ]'
+    steps = [
+        f"exec 2>/dev/null; l={shlex.quote(lock.path)}; s=0",
+        "command -v setsid >/dev/null || s=1",
+        'd=${l%/*}; [ -d "$d" ] || mkdir -p -- "$d"',
+        # (`true`, not `:`: a failed redirection of a special built-in would end the shell)
+        'if [ $s = 0 ] && command -v flock >/dev/null && true >> "$l"',
+        f"then flock -o -n -E {LOCKED} {args}; s=$?",
+        f'if [ $s = {LOCKED} ] && {mine}; then kill "$(sed -n 3p "$l")"',
+        f"flock -o -w 3 -E {LOCKED} {args}; s=$?; fi",
+        f'if [ $s = {LOCKED} ]; then printf \'{HOLDER_PREFIX}%s\\n\' "$(sed -n 1p "$l")"',
+        f"elif {mine}; then exit $s; else s=0; fi",  # the locked shell ran and has ended
+        "fi",
+        f"printf '\\036%s:E:%s\\n' {token} \"$s\"",
+    ]
+    return "; ".join(steps) + "\n"
+
+
+def holder_of(preamble: bytes) -> str:
+    """Who holds the host lock, from what a refused session printed before its marker."""
+    prefix = HOLDER_PREFIX.encode()
+    for line in reversed(preamble.splitlines()):
+        if line.startswith(prefix):
+            holder = line[len(prefix) :].decode(errors="replace").strip()
+            return holder or "another fleet session (it did not say which)"
+    return "another fleet session (it did not say which)"
 
 
 def kill_argv(pgid: int, signal: str = "TERM", *, privilege: Privilege | None = None) -> list[str]:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import os
+import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet import remote
-from fleet.errors import ConnectionLost
+from fleet.errors import ConnectionLost, HostLockedError
 from fleet.models import Host
 from fleet.ops import Privilege
 from fleet.transport.base import CommandResult, CommandTimeout, OutputSink, Session
@@ -34,6 +37,7 @@ KILL_GRACE = 2.0  # how long to wait for the End marker after SIGKILL
 SIDE_TIMEOUT = 5.0  # how long a kill command may take before the host counts as hung
 CLOSE_TIMEOUT = 2.0  # how long closing a shell or a connection may take
 PREAMBLE_SIZE = 512  # how much of a failing login's output to keep for the error message
+LOCK_FILE = "fleet.lock"  # the host lock, in the host's run_dir
 
 
 class StreamClosed(Exception):
@@ -150,6 +154,13 @@ class _Shell:
         return None
 
     async def close(self) -> None:
+        """Close the shell; an idle one is first asked to exit, so that whatever it holds on
+        the host (the host lock) is released when this returns (within CLOSE_TIMEOUT)."""
+        if self.current is None and self.closed is None and self.ready.is_set():
+            with contextlib.suppress(StreamClosed, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.stream.write(b"exit\n")
+                    await asyncio.wait([self.reader])
         self.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.reader
@@ -157,11 +168,20 @@ class _Shell:
 
 
 class ShellSession(Session):
-    """A `Session` that runs every command in one persistent shell."""
+    """A `Session` that runs every command in one persistent shell.
 
-    def __init__(self, host: Host) -> None:
+    With `host_lock`, each persistent shell holds the host lock (`remote.host_lock_command`:
+    a file in the host's run_dir) for as long as it lives, so that two controllers (or two
+    state directories) never run on one host at once; starting a shell while another session
+    holds it raises `HostLockedError` naming the holder (`hold_for` names this session's run).
+    """
+
+    def __init__(self, host: Host, *, host_lock: bool = False) -> None:
         self.host = host
         self._token = remote.new_token()
+        self._host_lock = host_lock
+        self._owner = secrets.token_hex(8)
+        self._holder = f"fleet on {socket.gethostname()} (pid {os.getpid()})"
         self._privilege = Privilege.of(host)
         self._lock = asyncio.Lock()
         self._shell: _Shell | None = None
@@ -180,16 +200,34 @@ class ShellSession(Session):
     async def _drop(self) -> None:
         """Give up on a connection that stopped answering (without waiting for it)."""
 
+    # -- the host lock
+
+    def hold_for(self, run_id: str) -> None:
+        """Name the run this session works for in the host lock (before `connect`)."""
+        self._holder = f"run {run_id} of fleet on {socket.gethostname()} (pid {os.getpid()})"
+
+    def _lock_request(self) -> remote.HostLock | None:
+        if not self._host_lock:
+            return None
+        path = f"{self.host.run_dir.rstrip('/')}/{LOCK_FILE}"
+        return remote.HostLock(path, self._holder, self._owner)
+
     # -- the shell's life
 
     async def _start_shell(self) -> None:
-        """Open the persistent shell and wait until it has answered once."""
+        """Open the persistent shell and wait until it has answered once.
+
+        Raises `StreamClosed` when the shell cannot start, `HostLockedError` when another
+        session holds the host lock."""
         await self._stop_shell()
+        ready = remote.ready_command(self._token, self._lock_request())
         try:
             async with asyncio.timeout(SIDE_TIMEOUT):
                 self._shell = shell = _Shell(await self._open_shell(), self._token)
-                await shell.stream.write(remote.ready_command(self._token).encode())
+                await shell.stream.write(ready.encode())
                 await shell.ready.wait()
+            if shell.closed is None and shell.ready_status == remote.LOCKED:
+                raise HostLockedError(self.host.name, remote.holder_of(shell.preamble))
             problem = shell.problem()
         except TimeoutError:
             problem = f"the shell did not start within {SIDE_TIMEOUT:g}s"
