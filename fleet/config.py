@@ -84,7 +84,12 @@ def find_config(
     for given, origin in ((explicit, "--config"), (env.get("FLEET_CONFIG"), "$FLEET_CONFIG")):
         if given:
             path = cwd / Path(given).expanduser()
-            if not path.exists():
+            try:
+                found = path.exists()
+            except OSError as exc:  # e.g. a file name too long
+                cause = (exc.strerror or str(exc)).lower()
+                raise ConfigError(f"cannot use config file {_show(str(path))}: {cause}") from None
+            if not found:
                 raise ConfigError(f"config file not found: {path} (from {origin})")
             return path
     looked = [cwd / CONFIG_NAME, platformdirs.user_config_path("fleet") / CONFIG_NAME]

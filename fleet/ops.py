@@ -135,10 +135,19 @@ class OpRegistry:
 def check_placeholders(command: str, *, where: str) -> None:
     """A user op's command may use only the documented placeholders ({{ and }} are literal)."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(command) if f is not None]
+        parsed = [(f, s, c) for _, f, s, c in string.Formatter().parse(command) if f is not None]
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}", key=where) from None
-    for field in fields:
+    for field, spec, conversion in parsed:
+        if spec or conversion:  # `{name:>999999999}` or `{name!r}` would change the quoting
+            shown = (
+                f"{{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+            )
+            raise ConfigError(
+                f"{where}: placeholder {shown[:40]} may not have a format or a conversion "
+                f"(write {{{field}}}; the value is shell-quoted)",
+                key=where,
+            )
         if field not in PLACEHOLDERS:
             raise ConfigError(
                 f"{where}: unknown placeholder {{{field}}} (allowed: "

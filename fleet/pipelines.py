@@ -46,7 +46,8 @@ class PipelineRegistry:
         return registry
 
     def register(self, pipeline: Pipeline) -> None:
-        """Add a pipeline; a duplicate id, a bad name, no ops or an unknown op is an error."""
+        """Add a pipeline; a duplicate id, a bad name, no ops, an unknown op or an op listed twice
+        is an error."""
         where = f"pipelines.{pipeline.id}"
         if not is_valid_name(pipeline.id):
             raise ConfigError(f"{where}: invalid pipeline name", key=where)
@@ -57,6 +58,10 @@ class PipelineRegistry:
         for op_id in pipeline.ops:
             if op_id not in self._ops:
                 raise ConfigError(f"{where}.ops: unknown op {op_id!r}", key=f"{where}.ops")
+            if pipeline.ops.count(op_id) > 1:  # an op's result is recorded once per host
+                raise ConfigError(
+                    f"{where}.ops: op {op_id!r} is listed more than once", key=f"{where}.ops"
+                )
         self._pipelines[pipeline.id] = pipeline
 
     def get(self, pipeline_id: str) -> Pipeline:

@@ -58,7 +58,10 @@ for command in (
 
 
 def _error(message: str) -> None:
-    click.echo(f"fleet: error: {message}", err=True)
+    """One line, whatever the message holds (a path or a value given with a line break, an
+    escape sequence...): characters that are not printable are shown escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    click.echo(f"fleet: error: {shown}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,7 +82,7 @@ def build_options(
     return RunOptions(
         mode=Mode(mode),
         max_parallel=max_parallel,
-        max_fail=MaxFail.parse(max_fail) if max_fail else None,
+        max_fail=MaxFail.parse(max_fail) if max_fail is not None else None,  # "" is refused
         rollback_on_failure=rollback_on_failure,
         pr=pr,
         selector=selector,

@@ -31,6 +31,7 @@ _ESCAPE_RE = re.compile(
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 TAIL_LINES = 20
+TAIL_LINE_CHARS = 1000  # of one line of a failure's output in the summary
 
 # SGR parameters by status value (host, op and view-only statuses share one palette).
 STATUS_STYLES = {
@@ -375,8 +376,15 @@ def _tail_block(title: str, result: OpResult, tail: str, color: bool) -> list[st
     if result.log:
         lines.append(f"  log: {one_line(result.log)}")
     output = sanitize_lines(tail)[-TAIL_LINES:]
-    lines += [f"  | {line}" for line in output] or ["  (no output)"]
+    lines += [f"  | {_shortened(line)}" for line in output] or ["  (no output)"]
     return lines
+
+
+def _shortened(line: str) -> str:
+    """A summary's output line, at most about TAIL_LINE_CHARS characters (the log has it all)."""
+    if len(line) <= TAIL_LINE_CHARS:
+        return line
+    return f"{line[:TAIL_LINE_CHARS]}... ({len(line) - TAIL_LINE_CHARS} more characters)"
 
 
 def _read_tail(host: str, result: OpResult, read_tail: ReadTail | None) -> str:
