@@ -19,7 +19,7 @@ import shlex
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from fleet.controller import ControllerOpRunner
 from fleet.errors import ConfigError, FleetError, HostError
@@ -125,13 +125,6 @@ class RunOptions:
 
 class HostLocks(Protocol):
     def acquire_hosts(self, run_id: str, hosts: Sequence[str]) -> dict[str, str]: ...
-
-
-@runtime_checkable
-class HostLockHolder(Protocol):
-    """A session that takes a lock on its host (`ShellSession`): told which run it serves."""
-
-    def hold_for(self, run_id: str) -> None: ...
 
 
 class HostRunner(Protocol):
@@ -591,8 +584,7 @@ class PipelineExecutor:
     async def _session(self, hs: _HostState, run_id: str) -> Session:
         if hs.session is None:
             session = self.session_factory(hs.host)
-            if isinstance(session, HostLockHolder):
-                session.hold_for(run_id)
+            session.hold_for(run_id)
             async with self._connecting:
                 await session.connect()  # ConnectError, HostLockedError -> the op fails: why
             hs.session = session

@@ -42,6 +42,9 @@ class Session(abc.ABC):
 
     host: Host
 
+    def hold_for(self, run_id: str) -> None:  # noqa: B027 (optional hook: no-op by default)
+        """Say which run this session serves, for a transport that locks its host."""
+
     @abc.abstractmethod
     async def connect(self) -> None:
         """Open the connection and the persistent shell.
