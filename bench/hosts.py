@@ -1,7 +1,7 @@
 """The hosts a benchmark runs against: real sshd servers or the simulated hosts of `fleet demo`.
 
 Both kinds live outside the process being measured: each sshd host is its own OpenSSH server
-(tests/integration/harness.py), the simulated hosts are served by `fleet.demo_server` in a
+(tests/integration/harness/), the simulated hosts are served by `fleet.demo_server` in a
 process of its own. A `HostSet` gives every tool the same facts (addresses, ports, the client
 key, known_hosts, each host's checkout) and the two knobs of the workload: a new commit to pull
 (`new_commit`) and the per-host switch and test durations (`set_durations`), which the stub

@@ -1,7 +1,7 @@
 """Fixtures of the fault-injection suite: the integration tests' sshd fleets, plus helpers.
 
 Every test here runs fleet (mostly the real CLI, in its own process) against real sshd hosts
-(tests/integration/harness.py), injects one fault, and then checks four things: the run's
+(tests/integration/harness/), injects one fault, and then checks four things: the run's
 status, each host's status and op statuses, what the state store holds, and that the other
 hosts were not affected.
 """

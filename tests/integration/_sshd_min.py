@@ -1,4 +1,4 @@
-"""A minimal real OpenSSH server for the transport's tests (the full harness is harness.py).
+"""A minimal real OpenSSH server for the transport's tests (the full harness is harness/).
 
 `MiniSshd.start(root)` runs `/usr/sbin/sshd -D -e` as root on 127.0.0.2 and a free port, with
 a fresh ed25519 host key and one authorized client key, all under `root`; its log (LogLevel

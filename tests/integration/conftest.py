@@ -1,4 +1,4 @@
-"""Fixtures of the integration tests: simulated fleets of real sshd servers (see harness.py).
+"""Fixtures of the integration tests: simulated fleets of real sshd servers (see harness/).
 
 Tests that use them are marked `sshd`. They need root, OpenSSH's sshd, ssh-keygen and git: a
 machine without them skips these tests, except under CI (CI set), where they fail instead.
