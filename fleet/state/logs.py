@@ -1,0 +1,112 @@
+"""The ops' output, byte for byte as the host sent it, one file per op:
+
+    logs/<run_id>/<host>/<op>.log          a host op's output
+    logs/<run_id>/controller/<op>.log      a controller op's output
+
+An op's log is open while the op runs and flushed on every write, so that readers in other
+processes (the dashboard, `fleet logs -f`) see the output as it comes; output is never held in
+memory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import suppress
+from pathlib import Path
+
+from fleet.errors import StateError
+from fleet.models import OpResult, is_valid_name
+from fleet.state.database import os_problem
+
+CONTROLLER_LOGS = "controller"  # the log directory of a run's controller ops
+
+LogKey = tuple[str, str | None, str]  # (run_id, host, op); host None for a controller op
+
+
+class OpLogs:
+    """The log files under `<state_dir>/logs`, and the ones open for writing."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.dir = state_dir / "logs"
+        self._open: dict[LogKey, io.BufferedWriter] = {}
+
+    def path(self, run_id: str, host: str | None, op: str) -> Path:
+        """Where an op's output is kept; `host` None (or "") for a controller op."""
+        for kind, name in (("run id", run_id), ("host", host or CONTROLLER_LOGS), ("op", op)):
+            if not is_valid_name(name):
+                raise StateError(f"invalid {kind} {name!r}: not a log name")
+        return self.dir / run_id / (host or CONTROLLER_LOGS) / f"{op}.log"
+
+    def read(self, run_id: str, host: str | None, op: str, last: int | None) -> bytes | None:
+        """An op's output (only its `last` bytes if given); None when it has no log file."""
+        path = self.path(run_id, host, op)
+        try:
+            with path.open("rb") as log:
+                if last is not None:
+                    log.seek(max(0, log.seek(0, os.SEEK_END) - max(last, 0)))
+                return log.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from exc
+
+    def ref(self, run_id: str, host: str | None, result: OpResult) -> str | None:
+        """The absolute log path to record: the result's (relative to the state directory), or
+        the store's own log when the op wrote one."""
+        if result.log:
+            return str(self.state_dir / result.log)  # an absolute `log` stays as it is
+        path = self.path(run_id, host, result.op)
+        return str(path) if path.exists() else None
+
+    def open(self, key: LogKey) -> None:
+        if key in self._open:  # a retry: its attempts share one log
+            return
+        path = self.path(*key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._open[key] = path.open("ab")
+        except OSError as exc:
+            raise StateError(os_problem(self.state_dir, exc, path)) from exc
+
+    def append(self, run_id: str, host: str | None, op: str, data: bytes) -> None:
+        key = (run_id, host, op)
+        log = self._open.get(key)
+        try:
+            if log is not None:
+                log.write(data)
+                log.flush()  # readers in other processes (dashboard, `fleet logs -f`) see it now
+                return
+            path = self.path(*key)  # a note before the op started or after it finished
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as once:
+                once.write(data)
+        except OSError as exc:
+            raise StateError(os_problem(self.state_dir, exc, self.path(*key))) from exc
+
+    def close(self, key: LogKey) -> None:
+        log = self._open.pop(key, None)
+        if log is None:
+            return
+        try:
+            log.close()
+        except OSError as exc:
+            raise StateError(os_problem(self.state_dir, exc, self.path(*key))) from exc
+
+    def close_host(self, run_id: str, host: str) -> None:
+        """Close the logs of `host`'s ops in `run_id`."""
+        for key in [k for k in self._open if k[0] == run_id and k[1] == host]:
+            self.close(key)
+
+    def close_run(self, run_id: str) -> None:
+        """Close the logs of every op of `run_id`."""
+        for key in [k for k in self._open if k[0] == run_id]:
+            self.close(key)
+
+    def close_all(self) -> None:
+        """Close every open log, ignoring errors (a log that cannot be flushed already raised
+        StateError on its write)."""
+        for key in list(self._open):
+            with suppress(OSError):
+                self._open.pop(key).close()
