@@ -14,6 +14,15 @@ _HOST_STATUS = {"type": "string", "enum": ["PENDING", "RUNNING", "COMPLETE", "FA
                                            "CANCELLED"]}  # fmt: skip
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _STR_OR_NULL = {"type": ["string", "null"]}
+# The fields a run and its summary share.
+_RUN_FIELDS: dict[str, Any] = {
+    "run_id": {"type": "string"},
+    "pipeline": {"type": "string"},
+    "status": _STATUS,
+    "started_at": _TIME,
+    "finished_at": _TIME,
+    "retry_of": _STR_OR_NULL,
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -74,12 +83,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "The same object as `fleet status --json`.",
         "properties": {
-            "run_id": {"type": "string"},
-            "pipeline": {"type": "string"},
-            "status": _STATUS,
-            "started_at": _TIME,
-            "finished_at": _TIME,
-            "retry_of": _STR_OR_NULL,
+            **_RUN_FIELDS,
             "options": {"type": "object"},
             "controller": {
                 "type": "object",
@@ -92,12 +96,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "As `fleet history --json`, plus whether this service can cancel it.",
         "properties": {
-            "run_id": {"type": "string"},
-            "pipeline": {"type": "string"},
-            "status": _STATUS,
-            "started_at": _TIME,
-            "finished_at": _TIME,
-            "retry_of": _STR_OR_NULL,
+            **_RUN_FIELDS,
             "hosts_total": {"type": "integer"},
             "hosts_ok": {"type": "integer"},
             "hosts_failed": {"type": "integer"},
