@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fleet import __version__
+from fleet.models import HostStatus, OpStatus, RunStatus
 
-_STATUS = {"type": "string", "enum": ["RUNNING", "COMPLETE", "PARTIAL", "FAILED", "CANCELLED",
-                                      "ABORTED"]}  # fmt: skip
-_OP_STATUS = {"type": "string", "enum": ["PENDING", "RUNNING", "SUCCESS", "FAILED", "TIMEOUT",
-                                         "SKIPPED", "CANCELLED"]}  # fmt: skip
-_HOST_STATUS = {"type": "string", "enum": ["PENDING", "RUNNING", "COMPLETE", "FAILED",
-                                           "CANCELLED"]}  # fmt: skip
+_STATUS = {"type": "string", "enum": [s.value for s in RunStatus]}
+_OP_STATUS = {"type": "string", "enum": [s.value for s in OpStatus]}
+_HOST_STATUS = {"type": "string", "enum": [s.value for s in HostStatus]}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _STR_OR_NULL = {"type": ["string", "null"]}
 # The fields a run and its summary share.
