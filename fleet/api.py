@@ -167,14 +167,8 @@ def retry_start(pipeline: Pipeline, host_positions: Sequence[int], result: HostR
 
 
 def describe_host_op(op: Op, host: Host) -> str:
-    if not op.builtin:
-        return ops.user_op_script(op, host)
-    if op.id == "pull":
-        return ops.pull_script(host)
-    if op.id == "test":
-        return ops.test_script(host, op.timeout)
-    if op.id == "restart":
-        return ops.restart_script(host)
+    if not (op.builtin and op.id in ops.DETACHED_OPS):
+        return ops.host_script(op, host)
     argv = ops.Privilege.of(host).argv(ops.rebuild_argv(host, op.id))
     return ops.j(argv) + f"   # detached ({host.detach.value})"
 

@@ -508,7 +508,7 @@ class PipelineExecutor:
         status, error = OpStatus.FAILED, None
         try:
             async with asyncio.timeout(op.timeout):
-                outcome = await self._dispatch(state, hs, op, attempt, output)
+                outcome = await self._dispatch(state, hs, op, attempt, output, tail)
             status = OpStatus.SUCCESS if outcome.ok else OpStatus.FAILED
             error = outcome.error
         except TimeoutError:
@@ -566,6 +566,7 @@ class PipelineExecutor:
         op: Op,
         attempt: int,
         output: Callable[[bytes], None],
+        tail: TailBuffer,
     ) -> OpOutcome:
         name = hs.host.name if hs else None
         if hs is None:
@@ -578,6 +579,7 @@ class PipelineExecutor:
             output=output,
             note=lambda msg: self._note(state, name, op.id, msg),
             deadline=time.monotonic() + op.timeout,
+            tail=tail,
         )
         return await self.runner_factory(session, hs.host, self.self_unit).run(ctx)
 

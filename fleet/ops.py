@@ -77,6 +77,7 @@ BUILTIN_OPS: tuple[Op, ...] = (
     ),
 )
 
+DETACHED_OPS = frozenset({"switch", "force-rebuild", "rollback"})
 PLACEHOLDERS = ("name", "address", "repo", "branch", "flake_attr")
 TUNABLE = ("timeout", "warn_after", "retries", "description")
 
@@ -359,3 +360,16 @@ def bump_flake_steps(
             g("push", settings.remote, f"HEAD:refs/heads/{settings.branch}"),
         ],
     }
+
+
+def host_script(op: Op, host: Host) -> str:
+    """The script a host op that is not detached runs (see DETACHED_OPS and rebuild_argv)."""
+    if not op.builtin:
+        return user_op_script(op, host)
+    if op.id == "pull":
+        return pull_script(host)
+    if op.id == "test":
+        return test_script(host, op.timeout)
+    if op.id == "restart":
+        return restart_script(host)
+    raise ValueError(f"{op.id} is not a host op with a script")

@@ -26,9 +26,10 @@ class OpContext:
     run_id: str
     op: Op
     attempt: int
-    output: Callable[[bytes], None]
+    output: Callable[[bytes], None]  # also feeds `tail`
     note: Callable[[str], None]
     deadline: float  # time.monotonic() by which the op must end
+    tail: TailBuffer  # the end of this attempt's output, for errors and the record
 
 
 @dataclass(frozen=True)
@@ -87,27 +88,16 @@ class HostOpRunner:
 
     async def run(self, ctx: OpContext) -> OpOutcome:
         op = ctx.op
-        if not op.builtin:
-            return await self._script(ctx, ops.user_op_script(op, self.host))
-        if op.id == "pull":
-            return await self._script(ctx, ops.pull_script(self.host))
-        if op.id == "test":
-            return await self._script(ctx, ops.test_script(self.host, op.timeout))
-        if op.id == "restart":
-            return await self._restart(ctx)
-        if op.id in ("switch", "force-rebuild", "rollback"):
+        if op.builtin and op.id in ops.DETACHED_OPS:
             return await self._detached(ctx, ops.rebuild_argv(self.host, op.id))
-        raise ValueError(f"{op.id} is not a host op")
+        if op.builtin and op.id == "restart":
+            return await self._restart(ctx)
+        return await self._script(ctx, ops.host_script(op, self.host))
 
     async def _script(self, ctx: OpContext, script: str) -> OpOutcome:
-        tail = TailBuffer()
-
-        def sink(data: bytes) -> None:
-            tail.add(data)
-            ctx.output(data)
-
-        result = await self.session.run(script, output=sink, privileged=self.privilege.sudo)
-        error = None if result.exit_code == 0 else error_from_output(tail.data, result.exit_code)
+        result = await self.session.run(script, output=ctx.output, privileged=self.privilege.sudo)
+        code = result.exit_code
+        error = None if code == 0 else error_from_output(ctx.tail.data, code)
         return OpOutcome(exit_code=result.exit_code, error=error)
 
     async def _restart(self, ctx: OpContext) -> OpOutcome:
@@ -128,7 +118,6 @@ class HostOpRunner:
         script = detach.run_script(
             self.host, directory, argv, unit=unit, delimiter=stream.delimiter
         )
-        tail = TailBuffer()
 
         def sink(data: bytes) -> None:
             before = stream.launched
@@ -137,7 +126,6 @@ class HostOpRunner:
                 info = stream.launched
                 ctx.note(f"{argv[0]} started detached ({info.method}, pid {info.pid})")
             if out:
-                tail.add(out)
                 ctx.output(out)
 
         code: int | None = None
@@ -171,12 +159,12 @@ class HostOpRunner:
         rc, after = detach.parse_finish(stream.finish)
         if not stream.finished or (rc is None and b"rc=" not in stream.finish):
             try:  # the follow or the finish did not come to an end: do them separately
-                await self._follow(ctx, directory, launched.pid, tail, stream.output_bytes)
+                await self._follow(ctx, directory, launched.pid, stream.output_bytes)
             except asyncio.CancelledError:
                 await self._stop_detached(ctx, directory, launched.pid)
                 raise
             rc, after = await self._finish(ctx, directory)
-        error = None if rc == 0 else error_from_output(tail.data, rc)
+        error = None if rc == 0 else error_from_output(ctx.tail.data, rc)
         return OpOutcome(rc, launched.system_before, after, error)
 
     async def _finish(self, ctx: OpContext, directory: str) -> tuple[int | None, str | None]:
@@ -187,15 +175,12 @@ class HostOpRunner:
             _, out = await self._capture_again(ctx, detach.finish_script(self.host, directory))
         return detach.parse_finish(out)
 
-    async def _follow(
-        self, ctx: OpContext, directory: str, pid: int, tail: TailBuffer, offset: int = 0
-    ) -> None:
+    async def _follow(self, ctx: OpContext, directory: str, pid: int, offset: int = 0) -> None:
         received = offset
 
         def sink(data: bytes) -> None:
             nonlocal received
             received += len(data)
-            tail.add(data)
             ctx.output(data)
 
         attempt = 0

@@ -190,3 +190,13 @@ def test_hostile_unit_and_placeholders(tmp_path: Path, payload: str) -> None:
     _run(ops.user_op_script(op, host), tmp_path)
     _run(ops.restart_script(host).replace("systemctl", "true"), tmp_path)
     assert not canary.exists()
+
+
+def test_host_script_is_the_one_dispatch_for_scripted_ops() -> None:
+    registry = ops.OpRegistry.with_builtins()
+    assert ops.host_script(registry.get("pull"), HOST) == ops.pull_script(HOST)
+    assert ops.host_script(registry.get("test"), HOST) == ops.test_script(HOST, 600)
+    assert ops.host_script(registry.get("restart"), HOST) == ops.restart_script(HOST)
+    for op_id in ops.DETACHED_OPS:
+        with pytest.raises(ValueError):
+            ops.host_script(registry.get(op_id), HOST)
