@@ -170,3 +170,38 @@ def save_screenshot(page: Page, tmp_path: Path) -> None:
     target = os.environ.get("FLEET_DASHBOARD_SCREENSHOT")
     path = Path(target) if target else tmp_path / "dashboard.png"
     page.screenshot(path=str(path), full_page=True)
+
+
+def test_phone_dark_mode_and_keyboard(browser: Browser, dashboard: DashboardServer) -> None:
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True
+    )
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        log_in(page, dashboard)
+        # nothing wider than a phone's screen: no sideways scrolling
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+        # dark mode: a dark background behind light text
+        colours = page.evaluate(
+            """() => {
+              const lum = (c) => c.match(/\\d+/g).slice(0, 3).map(Number).reduce((a, b) => a + b);
+              const body = getComputedStyle(document.body);
+              return [lum(body.backgroundColor), lum(body.color)];
+            }"""
+        )
+        assert colours[0] < 200 < colours[1], colours
+        # every action is a labelled button, reachable from the keyboard
+        for name in ("Do All", "Merge & Deploy", "Update Agent", "Force Update"):
+            expect(page.get_by_role("button", name=name)).to_be_visible()
+        page.locator("body").focus()
+        focused: list[str] = []
+        for _ in range(12):
+            page.keyboard.press("Tab")
+            focused.append(page.evaluate("document.activeElement.id || ''"))
+        assert "do-all" in focused, focused
+    finally:
+        context.close()
