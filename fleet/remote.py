@@ -2,23 +2,26 @@
 
 A session keeps one `sh` open on the host. Its first line (`ready_command`) sends the shell's
 own stderr to /dev/null, checks that `setsid` exists and prints an End marker; then each
-command is written to its stdin as one line (`wrap_command`; shown on two), for SCRIPT:
+command is written to its stdin as one line (`wrap_command`; shown on three), for SCRIPT:
 
-    setsid -w sh -c 'exec </dev/null 2>&1; printf "\\036TOKEN:B:%s\\n" "$$"; exec sh -c "$1"'
-        fleet SCRIPT; printf '\\036TOKEN:E:%s\\n' "$?"
+    setsid -w sh -c 'exec </dev/null 2>&1; printf "\\036TOKEN:B:%s\\n" "$$"
+    SCRIPT' sh 8>&-; printf '\\036TOKEN:E:%s\\n' "$?"
 
 * `setsid -w` puts the command in a new session and process group, so that a timeout or a
   cancel kills everything it started (`kill_script`) and nothing else. (Plain `setsid` forks
   and returns 0 at once when its caller leads a process group; `-w` waits and passes on the
   exit status.)
 * The group leader redirects its own stdin (from /dev/null, so a command never eats the
-  shell's input) and stderr (merged into stdout), reports its pgid (the Begin marker), then
-  becomes `sh -c SCRIPT`: the script sees exactly the semantics of `sh -c`, and even a syntax
-  error in it comes after the Begin marker.
-* The persistent shell applies no redirection of its own to the command, so that its notes
-  about the command ("Terminated", which dash writes to the redirected stderr of the command
-  it waits for) go to its own, silenced, stderr: the output is the command's, byte for byte,
-  and the exit status (128 + signal for a killed command) is in the End marker.
+  shell's input) and stderr (merged into stdout) and reports its pgid (the Begin marker), then
+  runs SCRIPT: `sh -c` runs its string a line at a time, so the first line has run before
+  SCRIPT is parsed, and even a syntax error in it comes after the Begin marker. SCRIPT sees
+  the semantics of `sh -c SCRIPT` (`$0` is `sh`, no arguments), in one process fewer than an
+  `exec sh -c` would take.
+* The persistent shell applies no redirection of its own to the command's stdio, so that its
+  notes about the command ("Terminated", which dash writes to the redirected stderr of the
+  command it waits for) go to its own, silenced, stderr: the output is the command's, byte
+  for byte, and the exit status (128 + signal for a killed command) is in the End marker. It
+  closes only descriptor 8, the host lock's (`host_lock_command`), which no command inherits.
 
 A marker is `\\036` (ASCII record separator), the session's random token, `:B:` or `:E:`, a
 decimal number and a newline. Output is everything else, byte for byte: the End marker does
@@ -38,6 +41,7 @@ from fleet.ops import Privilege
 RS = b"\x1e"  # the first byte of every marker
 SIGNALS = frozenset({"TERM", "KILL", "INT", "HUP", "QUIT", "CONT"})
 _MAX_NUMBER = 20  # digits a marker's number may have
+LOCK_FD = 8  # the persistent shell's descriptor of the host lock file (`host_lock_command`)
 
 
 def new_token() -> str:
@@ -47,9 +51,9 @@ def new_token() -> str:
 
 def wrap_command(script: str, token: str) -> str:
     """The line written to the persistent shell to run `script` (a raw shell fragment)."""
-    leader = f'exec </dev/null 2>&1; printf \'\\036%s:B:%s\\n\' {token} "$$"; exec sh -c "$1"'
+    leader = f"exec </dev/null 2>&1; printf '\\036%s:B:%s\\n' {token} \"$$\"\n"
     return (
-        f"setsid -w sh -c {shlex.quote(leader)} fleet {shlex.quote(script)}; "
+        f"setsid -w sh -c {shlex.quote(leader + script)} sh {LOCK_FD}>&-; "
         f"printf '\\036%s:E:%s\\n' {token} \"$?\"\n"
     )
 
@@ -88,34 +92,33 @@ class HostLock:
 
 
 def host_lock_command(token: str, lock: HostLock) -> str:
-    """The ready line of a session that takes the host lock (one line, so that the first
-    shell has read all of it before the locked shell starts reading the session's input).
+    """The ready line of a session that takes the host lock.
 
-    `flock -o -n LOCK sh` makes the persistent shell a child of `flock`, which holds the lock
-    until that shell exits: when the session closes or its connection goes away (the shell
-    reads EOF), also after the controller was SIGKILLed. `-o` keeps the lock's descriptor from
-    the shell, so neither its commands nor the detached ops they start inherit the lock. The
-    locked shell writes the holder, the owner id and flock's pid into the lock file and prints
-    the ready marker itself. When the lock is taken (flock exits `LOCKED`), the first shell
-    prints the holder's line and a `LOCKED` marker instead; when the holder is this session's
-    own dropped shell (same owner), it kills that flock and waits for the lock. Without
-    `flock`, or when run_dir cannot be written, the first shell goes on unlocked (status 0).
+    The persistent shell opens the lock file as descriptor `LOCK_FD` and `flock -n` locks it:
+    the lock belongs to that open file, so the shell holds it until it exits (when the session
+    closes or its connection goes away and the shell reads EOF, also after the controller was
+    SIGKILLed), and no command inherits it (`wrap_command` closes the descriptor). The shell
+    writes the holder, the owner id and its own pid into the lock file. When the lock is taken
+    (flock exits `LOCKED`), the shell prints the holder's line and a `LOCKED` marker instead;
+    when the holder is this session's own dropped shell (same owner), it kills that shell and
+    waits for the lock. Without `flock`, or when run_dir cannot be written, the shell goes on
+    unlocked (status 0). Everything but `flock` (and `mkdir` for a new run_dir) is built in.
     """
     owner = shlex.quote(lock.owner)
-    inner = 'printf \'%s\\n\' "$2" "$3" "$PPID" > "$1"; printf \'\\036%s:E:0\\n\' "$4"; exec sh'
-    args = f'"$l" sh -c {shlex.quote(inner)} fleet "$l" {shlex.quote(lock.holder)} {owner} {token}'
-    mine = f'[ "$(sed -n 2p "$l")" = {owner} ]'
+    fd = LOCK_FD
     steps = [
         f"exec 2>/dev/null; l={shlex.quote(lock.path)}; s=0",
         "command -v setsid >/dev/null || s=1",
         'd=${l%/*}; [ -d "$d" ] || mkdir -p -- "$d"',
-        # (`true`, not `:`: a failed redirection of a special built-in would end the shell)
+        # (`true`, not `:` or `exec`: a failed redirection of a special built-in would end the
+        # shell; once `true` could open the file for appending, `exec` can too)
         'if [ $s = 0 ] && command -v flock >/dev/null && true >> "$l"',
-        f"then flock -o -n -E {LOCKED} {args}; s=$?",
-        f'if [ $s = {LOCKED} ] && {mine}; then kill "$(sed -n 3p "$l")"',
-        f"flock -o -w 3 -E {LOCKED} {args}; s=$?; fi",
-        f'if [ $s = {LOCKED} ]; then printf \'{HOLDER_PREFIX}%s\\n\' "$(sed -n 1p "$l")"',
-        f"elif {mine}; then exit $s; else s=0; fi",  # the locked shell ran and has ended
+        f'then exec {fd}>>"$l"; flock -n -E {LOCKED} {fd}; s=$?',
+        f'if [ $s = {LOCKED} ]; then {{ read -r h; read -r o; read -r p; }} < "$l"',
+        f'if [ "$o" = {owner} ]; then kill "$p"; flock -w 3 -E {LOCKED} {fd}; s=$?; fi; fi',
+        f"if [ $s = {LOCKED} ]; then printf '{HOLDER_PREFIX}%s\\n' \"$h\"; exec {fd}>&-",
+        f'elif [ $s = 0 ]; then printf \'%s\\n\' {shlex.quote(lock.holder)} {owner} "$$" > "$l"',
+        f"else s=0; exec {fd}>&-; fi",  # flock could not lock that file: go on unlocked
         "fi",
         f"printf '\\036%s:E:%s\\n' {token} \"$s\"",
     ]

@@ -1,8 +1,8 @@
 """The lock on the host itself, at the transport: one session per host at a time.
 
 `SshSession` takes it in the first line its persistent shell runs (`remote.host_lock_command`,
-no extra round trip): `flock` on <run_dir>/fleet.lock, held by the shell's flock parent for as
-long as the shell lives, not inherited by the commands it runs.
+no extra round trip): `flock` on <run_dir>/fleet.lock, opened by the persistent shell itself,
+so held for as long as the shell lives, and not inherited by the commands it runs.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def test_the_lock_script_refuses_names_the_holder_and_takes_back_its_own(tmp_pat
     mine = remote.HostLock(path, "run A of fleet on c1 (pid 1)", "owner-a")
     first = LocalShell(mine)
     assert first.ready == b"\x1ef00d:E:0\n"
+    assert Path(path).read_text().splitlines() == [mine.holder, mine.owner, str(first.proc.pid)]
     out = first.run("ls -l /proc/self/fd/")
     assert b"fleet.lock" not in out  # the commands do not hold the lock's descriptor
 
@@ -120,6 +121,7 @@ def test_the_lock_script_refuses_names_the_holder_and_takes_back_its_own(tmp_pat
     # the same owner (a session reconnecting while its old shell lives on) takes it back
     again = LocalShell(mine)
     assert again.ready == b"\x1ef00d:E:0\n"
+    assert first.proc.wait(5) == -15  # the dropped shell that held it was stopped
     assert b"ok\n" in again.run("echo ok")
     first.close()
     assert again.close() == 0

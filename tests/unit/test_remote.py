@@ -53,11 +53,9 @@ def parse_in_chunks(stream: bytes, cuts: list[int]) -> list[remote.Event]:
 
 
 def test_wrap_command_renders_one_line() -> None:
-    expected = (
-        r"""setsid -w sh -c 'exec </dev/null 2>&1; printf '"'"'\036%s:B:%s\n'"'"' tok "$$"; """
-        r"""exec sh -c "$1"' fleet 'echo '"'"'hi'"'"''; printf '\036%s:E:%s\n' tok "$?"
+    expected = r"""setsid -w sh -c 'exec </dev/null 2>&1; printf '"'"'\036%s:B:%s\n'"'"' tok "$$"
+echo '"'"'hi'"'"'' sh 8>&-; printf '\036%s:E:%s\n' tok "$?"
 """
-    )
     assert remote.wrap_command("echo 'hi'", "tok") == expected
 
 
@@ -77,6 +75,22 @@ def test_wrapped_command_runs_in_sh_and_reports_markers() -> None:
     assert isinstance(events[0], Begin)
     assert events[1:] == [Output(b"out\nerr\nno newline"), End(7)]
     assert shell.stderr == b""
+
+
+def test_the_script_runs_in_the_group_leader_with_sh_c_semantics() -> None:
+    """No process between the leader and the script: `$$` is the pgid the Begin marker gave,
+    and the script sees `sh -c SCRIPT`'s `$0` and no arguments."""
+    shell = subprocess.run(
+        ["sh"],
+        input=remote.wrap_command('echo "$$ $0 $#"; cut -d" " -f5 /proc/$$/stat', TOKEN).encode(),
+        capture_output=True,
+        check=True,
+    )
+    begin, output, end = parse_in_chunks(shell.stdout, [])
+    assert isinstance(begin, Begin) and isinstance(output, Output) and end == End(0)
+    pid, zero, count, pgid = output.data.split()
+    assert int(pid) == int(pgid) == begin.pgid
+    assert (zero, count) == (b"sh", b"0")
 
 
 def test_a_syntax_error_comes_after_the_begin_marker() -> None:
