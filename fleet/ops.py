@@ -197,22 +197,34 @@ def git_argv(host: Host, *args: str) -> list[str]:
 def pull_steps(host: Host) -> list[list[str]]:
     """The argv of each step of `pull`, in order."""
     return [
-        git_argv(host, "status", "--porcelain", "--untracked-files=no"),
-        git_argv(host, "symbolic-ref", "--short", "-q", "HEAD"),
+        git_argv(host, "status", "--porcelain", "--branch", "--untracked-files=no"),
         git_argv(host, "fetch", host.remote, host.branch),
         git_argv(host, "merge", "--ff-only", "FETCH_HEAD"),
     ]
 
 
 def pull_script(host: Host) -> str:
-    status, symref, fetch, merge = (j(a) for a in pull_steps(host))
+    """Refuse a dirty checkout or one on another branch, then fetch and merge --ff-only.
+
+    One `git status --porcelain --branch` tells both: its first line is `## BRANCH`,
+    `## BRANCH...UPSTREAM [ahead N]`, `## HEAD (no branch)` or `## No commits yet on BRANCH`
+    (a branch name cannot contain `..`), the others are the changed files. It is split with
+    the shell's own parameter expansion, in no process of its own."""
+    status, fetch, merge = (j(a) for a in pull_steps(host))
     script = f"""\
-repo={q(host.repo)}; remote={q(host.remote)}; branch={q(host.branch)}
-dirty=$({status}) || {{ echo "fleet: $repo is not a git checkout"; exit 1; }}
+repo={q(host.repo)}; remote={q(host.remote)}; branch={q(host.branch)}; nl='
+'
+st=$({status}) || {{ echo "fleet: $repo is not a git checkout"; exit 1; }}
+head=${{st%%"$nl"*}}; dirty=
+case $st in *"$nl"*) dirty=${{st#*"$nl"}};; esac
 if [ -n "$dirty" ]; then
   echo "fleet: refusing to pull: $repo has uncommitted changes:"; echo "$dirty"; exit 1
 fi
-current=$({symref})
+case $head in
+  "## HEAD (no branch)") current= ;;
+  "## No commits yet on "* | "## Initial commit on "*) current=${{head##* on }} ;;
+  *) current=${{head#"## "}}; current=${{current%%...*}} ;;
+esac
 if [ "$current" != "$branch" ]; then
   echo "fleet: refusing to pull: $repo is on ${{current:-a detached HEAD}}, not $branch"; exit 1
 fi

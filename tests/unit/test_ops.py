@@ -24,8 +24,7 @@ HOST = Host(
 
 def test_pull_steps_exact_argv() -> None:
     assert ops.pull_steps(HOST) == [
-        ["git", "-C", "/etc/nixos", "status", "--porcelain", "--untracked-files=no"],
-        ["git", "-C", "/etc/nixos", "symbolic-ref", "--short", "-q", "HEAD"],
+        ["git", "-C", "/etc/nixos", "status", "--porcelain", "--branch", "--untracked-files=no"],
         ["git", "-C", "/etc/nixos", "fetch", "origin", "main"],
         ["git", "-C", "/etc/nixos", "merge", "--ff-only", "FETCH_HEAD"],
     ]
