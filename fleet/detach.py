@@ -5,7 +5,8 @@ A detached op runs in a run directory on the host, `<run_dir>/<run_id>/<op>.<att
     pid   the id of the detached shell, which leads its own process group
     lock  a file the detached shell holds a lock on (flock) for as long as it lives
     out   the command's whole output (stdout and stderr)
-    rc    its exit status, written (atomically, via rc.tmp) when it ends
+    rc    its exit status, written in one small write as the shell ends; `finish` reads it
+          only after `follow` has seen the shell end (or `rc` non-empty), so never half-written
 
 `launch` starts it (as a transient systemd unit, or with setsid in a double fork so that no
 shell of ours is its parent), `follow` streams `out` from a byte offset until the process is
@@ -30,7 +31,8 @@ from dataclasses import dataclass, field
 from fleet.models import Detach, Host
 
 ACTIVATION_MARKERS = ("activating the configuration", "switch-to-configuration")
-FOLLOW_INTERVAL = 0.05  # how often `tail --pid` checks that the waiter is still there
+FOLLOW_INTERVAL = 0.02  # how often `tail --pid` checks that the waiter is still there (at
+# most this much latency after the end; a check is one `kill(pid, 0)`)
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,7 @@ def inner_script() -> str:
     before it writes `pid`; the command itself does not inherit it."""
     return (
         'd=$1; h=$2; shift 2; [ "$h" = 1 ] || { exec 9>>"$d/lock"; flock 9 2>/dev/null; }; '
-        'echo $$ > "$d/pid"; "$@" > "$d/out" 2>&1 9>&-; '
-        'echo $? > "$d/rc.tmp"; mv "$d/rc.tmp" "$d/rc"'
+        'echo $$ > "$d/pid"; "$@" > "$d/out" 2>&1 9>&-; echo $? > "$d/rc"'
     )
 
 
@@ -96,7 +97,7 @@ def launch_script(
     return f"""\
 d={d}
 mkdir -p "$d" || exit 1
-for f in pid lock out rc rc.tmp; do [ ! -e "$d/$f" ] || rm -f -- "$d/$f" || exit 1; done
+for f in pid lock out rc; do [ ! -e "$d/$f" ] || rm -f -- "$d/$f" || exit 1; done
 : > "$d/out" || exit 1
 {resolve_path("b", host.system_profile)}
 printf '%s\\n' "$b" > "$d/before"; printf 'before=%s\\n' "$b"
@@ -144,7 +145,7 @@ def follow_script(directory: str, pid: int, offset: int) -> str:
     `tail --pid` alone would wait on a zombie until something reaps it (the detached shell's
     parent is init, which may reap late), so a waiter ends the follow as soon as the detached
     shell has: `flock` on its lock (released when it exits, zombie or not), or, without
-    `flock` or the lock file, a loop that polls until `rc` exists or the process is gone or a
+    `flock` or the lock file, a loop that polls until `rc` is written or the process is gone or a
     zombie; tail then prints what is left and exits.
     """
     return f"d={shlex.quote(directory)}\n" + _follow_lines(str(pid), offset)
@@ -156,7 +157,7 @@ def _follow_lines(pid: str, offset: int) -> str:
         f"kill -0 {pid} 2>/dev/null && "
         f"[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -c1)\" != Z ]"
     )
-    poll = f'while [ ! -e "$d/rc" ] && {alive}; do sleep 0.1; done'
+    poll = f'while [ ! -s "$d/rc" ] && {alive}; do sleep 0.1; done'
     return (
         'if [ -e "$d/lock" ] && command -v flock >/dev/null; then flock "$d/lock" true &\n'
         f"else ({poll}) & fi\n"
