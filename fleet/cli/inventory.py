@@ -17,7 +17,7 @@ from fleet.config import find_config, load_inventory
 @pass_app
 def hosts_cmd(app: AppContext, /, selector: str | None, as_json: bool) -> None:
     """List the hosts of fleet.toml with their resolved settings."""
-    from fleet.cli.views import render_table
+    from fleet.cli.tables import render_table
     from fleet.config import select_hosts
 
     inventory = load_inventory(find_config(app.config))
@@ -57,7 +57,7 @@ def _host_json(h: Any) -> dict[str, Any]:
 @pass_app
 def ops_cmd(app: AppContext, /, as_json: bool) -> None:
     """List the ops (built-in and from fleet.toml)."""
-    from fleet.cli.views import render_table
+    from fleet.cli.tables import render_table
 
     inventory = load_inventory(find_config(app.config))
     items = [
@@ -87,7 +87,7 @@ def ops_cmd(app: AppContext, /, as_json: bool) -> None:
 @pass_app
 def pipelines_cmd(app: AppContext, /, as_json: bool) -> None:
     """List the pipelines (built-in and from fleet.toml)."""
-    from fleet.cli.views import render_table
+    from fleet.cli.tables import render_table
 
     inventory = load_inventory(find_config(app.config))
     items = [

@@ -36,7 +36,7 @@ def status_cmd(app: AppContext, /, run_id: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(run.to_json(), indent=2))
         return
-    from fleet.cli.views import render_summary
+    from fleet.cli.tables import render_summary
 
     click.echo(render_summary(run, read_tail=tail_reader(store, run)))
 
@@ -51,7 +51,7 @@ def history_cmd(app: AppContext, /, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.summary_json() for r in runs], indent=2))
         return
-    from fleet.cli.views import render_table
+    from fleet.cli.tables import render_table
 
     rows = []
     for r in runs:

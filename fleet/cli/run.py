@@ -161,31 +161,32 @@ def run_plan(
     if as_json:
         click.echo(json.dumps(run.to_json(), indent=2))
     else:
-        from fleet.cli.views import render_summary
+        from fleet.cli.tables import render_summary
 
         click.echo(render_summary(run, read_tail=tail_reader(fleet.store, run)))
     raise SystemExit(run.status.exit_code)
 
 
 async def _execute(app: AppContext, /, fleet: Fleet, plan: PlannedRun, *, as_json: bool) -> Run:
-    from fleet.cli import views
+    from fleet.cli.lineviews import JsonProgress, PlainView
+    from fleet.cli.liveview import LiveView
 
     with contextlib.suppress(ImportError):
         from fleet.transport.ssh import raise_nofile_limit
 
         raise_nofile_limit()
     subscribers: list[Subscriber] = []
-    live: views.LiveView | None = None
+    live: LiveView | None = None
     if as_json:
-        subscribers.append(views.JsonProgress(sys.stderr))
+        subscribers.append(JsonProgress(sys.stderr))
     elif sys.stdout.isatty() and not app.verbose:
         host_ops = [
             op for op in plan.pipeline.ops if fleet.inventory.ops.get(op).scope is Scope.HOST
         ]
-        live = views.LiveView(sys.stdout, hosts=[h.name for h in plan.hosts], ops=host_ops)
+        live = LiveView(sys.stdout, hosts=[h.name for h in plan.hosts], ops=host_ops)
         subscribers.append(live)
     else:
-        subscribers.append(views.PlainView(sys.stdout, verbose=bool(app.verbose)))
+        subscribers.append(PlainView(sys.stdout, verbose=bool(app.verbose)))
     executor = fleet.prepare(subscribers)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -277,7 +278,7 @@ def demo_cmd(app: AppContext, /, n: int, keep: bool) -> None:
             fleet = app.fleet()
             plan = fleet.plan("do-all", RunOptions())
             run = asyncio.run(_execute(app, fleet, plan, as_json=False))
-            from fleet.cli.views import render_summary
+            from fleet.cli.tables import render_summary
 
             click.echo(render_summary(run, read_tail=tail_reader(fleet.store, run)))
             click.echo(

@@ -49,6 +49,8 @@ STATUS_STYLES = {
 BOLD = "1"
 DIM = "2"
 
+CONTROLLER = "controller"  # the name the views show for the controller (ops with no host)
+
 _OP_SHORT = {
     OpStatus.PENDING: "-",
     OpStatus.RUNNING: "run",

@@ -13,7 +13,8 @@ Every message is one JSON object whose `event` says what it is:
     run_updated    {run}: a run of another fleet process changed (seen by polling the store)
     resync         this connection fell behind and lost messages: reload the state
 
-Op output is not streamed; a page reads it from the logs endpoint.
+The executor events' messages are `fleet.events.event_json(event, full=True)`. Op output is
+not streamed; a page reads it from the logs endpoint.
 """
 
 from __future__ import annotations
@@ -29,16 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from fleet.errors import FleetError
-from fleet.events import (
-    Event,
-    HostFinished,
-    OpFinished,
-    OpNote,
-    OpSlow,
-    OpStarted,
-    RunFinished,
-    RunStarted,
-)
+from fleet.events import Event, event_json
 from fleet.models import RunStatus, iso, utcnow
 from fleet.state import StateStore
 
@@ -48,45 +40,6 @@ QUEUE_SIZE = 4096  # messages a slow page may lag behind before it must resync
 KEEPALIVE = 15.0  # seconds between comments on an idle stream (finds closed connections)
 POLLED_RUNS = 8  # the newest runs the poller watches for changes by other processes
 RECOVERY_INTERVAL = 2.0  # seconds between checks that other processes' runs still have one
-
-
-def event_message(event: Event) -> dict[str, Any] | None:
-    """The stream's JSON object for an executor event (None for op output)."""
-    match event:
-        case RunStarted(run=run):
-            return {"event": "run_started", "run": run.to_json()}
-        case OpStarted():
-            return {
-                "event": "op_started",
-                "run_id": event.run_id,
-                "host": event.host,
-                "op": event.op,
-                "attempt": event.attempt,
-                "started_at": iso(event.started_at),
-            }
-        case OpFinished(result=result):
-            return {
-                "event": "op_finished",
-                "run_id": event.run_id,
-                "host": event.host,
-                "result": result.to_json(),
-            }
-        case OpSlow():
-            return {"event": "op_slow", "run_id": event.run_id, "host": event.host,
-                    "op": event.op, "elapsed": round(event.elapsed, 3)}  # fmt: skip
-        case OpNote():
-            return {"event": "op_note", "run_id": event.run_id, "host": event.host,
-                    "op": event.op, "message": event.message}  # fmt: skip
-        case HostFinished(result=result):
-            return {
-                "event": "host_finished",
-                "run_id": event.run_id,
-                "host": result.name,
-                "result": result.to_json(),
-            }
-        case RunFinished(run=run):
-            return {"event": "run_finished", "run": run.to_json()}
-    return None
 
 
 def sse(message: dict[str, Any]) -> bytes:
@@ -115,7 +68,7 @@ class EventHub:
 
     def publish(self, event: Event) -> None:
         """An executor subscriber: never raises (it would stop the run)."""
-        message = event_message(event)
+        message = event_json(event, full=True)
         if message is not None:
             self.broadcast(message)
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from fleet.cli.lineviews import MAX_OUTPUT_LINE, JsonProgress, PlainView
+from fleet.cli.liveview import LiveView
 from fleet.cli.tables import (
     TAIL_LINES,
     Styled,
@@ -19,11 +21,11 @@ from fleet.cli.tables import (
     format_duration,
     one_line,
     output_line,
+    render_summary,
     render_table,
     sanitize,
     truncate,
 )
-from fleet.cli.views import MAX_OUTPUT_LINE, JsonProgress, LiveView, PlainView, render_summary
 from fleet.events import (
     Event,
     HostFinished,

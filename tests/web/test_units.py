@@ -16,7 +16,15 @@ from multidict import CIMultiDict
 
 from fleet.config import parse_inventory
 from fleet.errors import ConfigError
-from fleet.events import HostFinished, OpFinished, OpOutput, OpStarted, RunFinished, RunStarted
+from fleet.events import (
+    HostFinished,
+    OpFinished,
+    OpOutput,
+    OpStarted,
+    RunFinished,
+    RunStarted,
+    event_json,
+)
 from fleet.executor import MaxFail, RunOptions
 from fleet.models import (
     Host,
@@ -33,7 +41,7 @@ from fleet.web.auth import Authenticator, foreign_origin, load_token
 from fleet.web.handlers import parse_run_request
 from fleet.web.openapi import openapi
 from fleet.web.overview import host_overview, pipeline_overview
-from fleet.web.stream import event_message, sse
+from fleet.web.stream import sse
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 TOKEN = "unit-test-token-0123456789abcdef"
@@ -241,8 +249,11 @@ def test_pipeline_overview_says_which_need_a_pr() -> None:
 def test_event_messages() -> None:
     result = op("pull", OpStatus.SUCCESS, exit_code=0)
     the_run = run("r1", RunStatus.PARTIAL, {"a": HostResult("a", HostStatus.COMPLETE)})
-    assert event_message(RunStarted(the_run)) == {"event": "run_started", "run": the_run.to_json()}
-    assert event_message(OpStarted("r1", "a", "pull", T0, 2)) == {
+    assert event_json(RunStarted(the_run), full=True) == {
+        "event": "run_started",
+        "run": the_run.to_json(),
+    }
+    assert event_json(OpStarted("r1", "a", "pull", T0, 2), full=True) == {
         "event": "op_started",
         "run_id": "r1",
         "host": "a",
@@ -250,21 +261,24 @@ def test_event_messages() -> None:
         "attempt": 2,
         "started_at": "2026-01-02T03:04:05Z",
     }
-    assert event_message(OpFinished("r1", None, result)) == {
+    assert event_json(OpFinished("r1", None, result), full=True) == {
         "event": "op_finished",
         "run_id": "r1",
         "host": None,
         "result": result.to_json(),
     }
     finished = HostResult("a", HostStatus.FAILED, "switch")
-    assert event_message(HostFinished("r1", finished)) == {
+    assert event_json(HostFinished("r1", finished), full=True) == {
         "event": "host_finished",
         "run_id": "r1",
         "host": "a",
         "result": finished.to_json(),
     }
-    assert event_message(RunFinished(the_run))["event"] == "run_finished"  # type: ignore[index]
-    assert event_message(OpOutput("r1", "a", "pull", b"secret output")) is None
+    assert event_json(RunFinished(the_run), full=True) == {
+        "event": "run_finished",
+        "run": the_run.to_json(),
+    }
+    assert event_json(OpOutput("r1", "a", "pull", b"secret output"), full=True) is None
     data = sse({"event": "hello"})
     assert data.startswith(b"data: ") and data.endswith(b"\n\n")
     assert json.loads(data[6:]) == {"event": "hello"}

@@ -1,40 +1,28 @@
-"""How the CLI shows a run: subscribers to the executor's events that only write to a stream.
+"""The view of a run on a terminal: a block of one line per host, redrawn in place, sized to fit.
 
-    LiveView      a terminal: a block of one line per host, redrawn in place, sized to fit
-    PlainView     not a terminal: one line per event (`[alpha] pull: SUCCESS (1.2s)`)
-    JsonProgress  `--json` mode: one compact JSON object per event, for stderr
-
-`render_summary` (the end-of-run summary) and `render_table` live in `tables.py` and are
-re-exported here.
+`LiveView` subscribes to the executor's events and only writes to its stream.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from fleet.cli.tables import (
     BOLD,
+    CONTROLLER,
     DIM,
     Styled,
     color_enabled,
-    counts_text,
-    describe_result,
     encodable,
     fit,
     format_clock,
     format_duration,
     host_duration,
-    one_line,
-    output_line,
     pad,
-    paint,
-    render_summary,
-    render_table,
     seconds_between,
     status_counts,
     status_style,
@@ -43,27 +31,14 @@ from fleet.events import (
     Event,
     HostFinished,
     OpFinished,
-    OpNote,
-    OpOutput,
     OpSlow,
     OpStarted,
     RunFinished,
     RunStarted,
 )
-from fleet.models import HostResult, HostStatus, OpStatus, Run, iso
+from fleet.models import HostResult, HostStatus, OpStatus, Run
 
-__all__ = ["JsonProgress", "LiveView", "PlainView", "render_summary", "render_table"]
-
-CONTROLLER = "controller"
-MAX_OUTPUT_LINE = 8192  # bytes of one output line kept before it is printed in pieces
-
-
-def _who(host: str | None) -> str:
-    return host if host is not None else CONTROLLER
-
-
-# ---------------------------------------------------------------------------------------------
-# LiveView
+__all__ = ["LiveView"]
 
 # The order hosts are shown in when they do not all fit: the ones worth seeing first.
 _PRIORITY = {
@@ -339,191 +314,3 @@ def _op_label(op: str, ops: Sequence[str], attempt: int) -> str:
     """`switch (2/3)`, with `#2` for a second attempt; an op outside `ops` goes bare."""
     label = f"{op} ({ops.index(op) + 1}/{len(ops)})" if op in ops else op
     return f"{label} #{attempt}" if attempt > 1 else label
-
-
-# ---------------------------------------------------------------------------------------------
-# PlainView
-
-
-class PlainView:
-    """One line per event, prefixed with the host: `[alpha] pull: SUCCESS (1.2s)`.
-
-    With `verbose`, op output too (`[alpha] switch| ...`), made safe and split into lines per
-    (host, op); a partial line is kept until its newline, up to `MAX_OUTPUT_LINE` bytes.
-    """
-
-    def __init__(self, stream: TextIO, *, verbose: bool = False, color: bool | None = None) -> None:
-        self._stream = stream
-        self._verbose = verbose
-        self._color = color_enabled(stream, color)
-        self._partial: dict[tuple[str | None, str], bytes] = {}
-
-    def __call__(self, event: Event) -> None:
-        match event:
-            case RunStarted():
-                self._write(self._run_started(event))
-            case OpStarted():
-                attempt = f" (attempt {event.attempt})" if event.attempt > 1 else ""
-                self._op_line(event.host, event.op, f"started{attempt}")
-            case OpOutput():
-                if self._verbose:
-                    self._output(event.host, event.op, event.data)
-            case OpSlow():
-                running = f"slow, running for {format_duration(event.elapsed)}"
-                self._op_line(event.host, event.op, running)
-            case OpNote():
-                self._op_line(event.host, event.op, one_line(event.message))
-            case OpFinished(result=result):
-                self._flush_output(event.host, result.op)
-                status, text = result.status.value, describe_result(result)
-                self._op_line(
-                    event.host, result.op, self._paint_status(status) + text[len(status) :]
-                )
-            case HostFinished(result=result):
-                self._host_finished(result)
-            case RunFinished(run=run):
-                for host, op in list(self._partial):
-                    self._flush_output(host, op)
-                self._write(self._run_finished(run))
-
-    def _paint_status(self, status: str) -> str:
-        return paint(status, status_style(status), self._color)
-
-    def _host_finished(self, result: HostResult) -> None:
-        status = self._paint_status(result.status.value)
-        if result.status is HostStatus.FAILED:
-            line = f"[{result.name}] excluded: {status}"
-            line += f" at {result.failed_op}" if result.failed_op else ""
-        else:
-            line = f"[{result.name}] done: {status}"
-        self._write(line + (" (rolled back)" if result.rolled_back else ""))
-
-    def _run_started(self, event: RunStarted) -> str:
-        run = event.run
-        line = f"run {run.run_id} started: {run.pipeline} on {len(run.hosts)} hosts"
-        line += f": {', '.join(event.ops)}" if event.ops else ""
-        if event.controller_ops:
-            line += f" (controller: {', '.join(event.controller_ops)})"
-        return line + (f" (retry of {run.retry_of})" if run.retry_of else "")
-
-    def _run_finished(self, run: Run) -> str:
-        line = f"run {run.run_id} finished: {self._paint_status(run.status.value)}"
-        took = format_duration(seconds_between(run.started_at, run.finished_at))
-        line += f" in {took}" if took else ""
-        counts = counts_text(h.status for h in run.hosts.values())
-        return line + (f" ({counts})" if counts else "")
-
-    def _op_line(self, host: str | None, op: str, text: str) -> None:
-        self._write(f"[{_who(host)}] {op}: {text}")
-
-    def _output(self, host: str | None, op: str, data: bytes) -> None:
-        key = (host, op)
-        *lines, rest = (self._partial.pop(key, b"") + data).split(b"\n")
-        pieces = [piece for line in lines for piece in _split_long(line)]
-        if len(rest) > MAX_OUTPUT_LINE:
-            *more, rest = _split_long(rest)
-            pieces += more
-        if rest:
-            self._partial[key] = rest
-        for piece in pieces:
-            self._write(f"[{_who(host)}] {op}| {output_line(piece)}")
-
-    def _flush_output(self, host: str | None, op: str) -> None:
-        rest = self._partial.pop((host, op), b"")
-        if rest:
-            self._write(f"[{_who(host)}] {op}| {output_line(rest)}")
-
-    def _write(self, line: str) -> None:
-        self._stream.write(encodable(line + "\n", self._stream))
-        self._stream.flush()
-
-
-def _split_long(line: bytes) -> list[bytes]:
-    """`line` in pieces of at most MAX_OUTPUT_LINE bytes, not cutting a UTF-8 sequence."""
-    pieces = []
-    while len(line) > MAX_OUTPUT_LINE:
-        cut = MAX_OUTPUT_LINE
-        while cut > MAX_OUTPUT_LINE - 4 and line[cut] & 0xC0 == 0x80:
-            cut -= 1
-        pieces.append(line[:cut])
-        line = line[cut:]
-    return [*pieces, line]
-
-
-# ---------------------------------------------------------------------------------------------
-# JsonProgress
-
-
-class JsonProgress:
-    """`--json` progress: one compact JSON object per event (op output is left out)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def __call__(self, event: Event) -> None:
-        record = progress_record(event)
-        if record is not None:
-            self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-            self._stream.flush()
-
-
-def progress_record(event: Event) -> dict[str, Any] | None:
-    """The JSON object `--json` progress writes for `event` (None for op output)."""
-    match event:
-        case RunStarted(run=run):
-            return {
-                "event": "run_started",
-                "run_id": run.run_id,
-                "pipeline": run.pipeline,
-                "status": run.status.value,
-                "hosts": list(run.hosts),
-                "ops": list(event.ops),
-                "controller_ops": list(event.controller_ops),
-                "retry_of": run.retry_of,
-                "pid": event.pid,
-            }
-        case OpStarted():
-            return {
-                "event": "op_started",
-                "run_id": event.run_id,
-                "host": event.host,
-                "op": event.op,
-                "status": OpStatus.RUNNING.value,
-                "attempt": event.attempt,
-                "started_at": iso(event.started_at),
-            }
-        case OpSlow():
-            return _op_record("op_slow", event.run_id, event.host, event.op, elapsed=event.elapsed)
-        case OpNote():
-            return _op_record("op_note", event.run_id, event.host, event.op, message=event.message)
-        case OpFinished(result=result):
-            took = seconds_between(result.started_at, result.finished_at)
-            return _op_record(
-                "op_finished",
-                event.run_id,
-                event.host,
-                result.op,
-                status=result.status.value,
-                exit_code=result.exit_code,
-                error=result.error,
-                attempts=result.attempts,
-                started_at=iso(result.started_at),
-                finished_at=iso(result.finished_at),
-                duration=took,
-            )
-        case HostFinished(result=result):
-            return {
-                "event": "host_finished",
-                "run_id": event.run_id,
-                "host": result.name,
-                "status": result.status.value,
-                "failed_op": result.failed_op,
-                "rolled_back": result.rolled_back,
-            }
-        case RunFinished(run=run):
-            return {"event": "run_finished", **run.summary_json()}
-    return None
-
-
-def _op_record(name: str, run_id: str, host: str | None, op: str, **extra: Any) -> dict[str, Any]:
-    return {"event": name, "run_id": run_id, "host": host, "op": op, **extra}
