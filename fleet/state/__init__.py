@@ -11,7 +11,9 @@ its own transaction; op output goes straight to the op's log file and is never h
 So a controller that dies mid-run leaves a true record, and opening a store repairs it:
 `recover_aborted` (called by every `StateStore(...)`) turns each RUNNING run of this machine
 whose controller process is gone into ABORTED and frees its host locks. A process is gone when
-its pid is dead, or when the pid now belongs to a process that started at another time.
+its pid is dead, or when the pid now belongs to a process that started at another time. A
+process that lives on after its run stopped on a store error (the dashboard) repairs its own
+record with `abort_run` once the store can be written again.
 
 Host locks make one run per host across every fleet process sharing the store (the CLI, the
 dashboard, another terminal); a lock whose holder is gone is taken over.

@@ -104,9 +104,16 @@ class OpLogs:
         for key in [k for k in self._open if k[0] == run_id]:
             self.close(key)
 
+    def abandon_run(self, run_id: str) -> None:
+        """Close the logs of every op of `run_id`, ignoring errors: its run stopped on one."""
+        self._abandon([k for k in self._open if k[0] == run_id])
+
     def close_all(self) -> None:
         """Close every open log, ignoring errors (a log that cannot be flushed already raised
         StateError on its write)."""
-        for key in list(self._open):
-            with suppress(OSError):
+        self._abandon(list(self._open))
+
+    def _abandon(self, keys: list[LogKey]) -> None:
+        for key in keys:
+            with suppress(OSError):  # the file is closed all the same
                 self._open.pop(key).close()

@@ -1,7 +1,8 @@
 """StateStore: what the rest of fleet opens to record runs and to read them back.
 
 It records the executor's events (through `EventRecorder`), reads runs and op logs, locks
-hosts for a run, turns the RUNNING runs of dead controllers into ABORTED, and prunes old runs.
+hosts for a run, turns the RUNNING runs of dead controllers into ABORTED (and, on request, a
+run of this process that stopped without recording its end), and prunes old runs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -201,22 +203,7 @@ class StateStore:
             for run_id, hostname, pid, start in running:
                 if not Controller(hostname, pid, start).gone(self._hostname):
                     continue
-                conn.execute(
-                    "UPDATE runs SET status = 'ABORTED', finished_at = ? WHERE run_id = ?",
-                    (now, run_id),
-                )
-                conn.execute(
-                    "UPDATE ops SET status = 'CANCELLED', error = ?,"
-                    " finished_at = IIF(status = 'RUNNING', ?, finished_at)"
-                    " WHERE run_id = ? AND status IN ('PENDING', 'RUNNING')",
-                    (f"aborted: controller process {pid} died", now, run_id),
-                )
-                conn.execute(
-                    "UPDATE hosts SET status = 'CANCELLED'"
-                    " WHERE run_id = ? AND status IN ('PENDING', 'RUNNING')",
-                    (run_id,),
-                )
-                conn.execute("DELETE FROM host_locks WHERE run_id = ?", (run_id,))
+                _abort(conn, run_id, now, f"aborted: controller process {pid} died")
                 aborted.append(run_id)
             stale = conn.execute(
                 "SELECT l.host, l.hostname, l.pid, l.pid_start, r.status"
@@ -226,6 +213,24 @@ class StateStore:
                 if not self._lock_held(*holder):
                     conn.execute("DELETE FROM host_locks WHERE host = ?", (host,))
         return aborted
+
+    def abort_run(self, run_id: str, reason: str) -> bool:
+        """Mark ABORTED a RUNNING run of this process that stopped without recording its end
+        (the store failed under it), as `recover_aborted` does for a run whose process died;
+        the error of its unfinished ops is `aborted: REASON`. Its open logs are closed first.
+
+        Returns False when there is nothing to do (not RUNNING, or another process's run).
+        Raises StateError while the store cannot be written: try again later."""
+        self._logs.abandon_run(run_id)
+        with self._db.transaction() as conn:
+            mine = conn.execute(
+                "SELECT 1 FROM runs WHERE run_id = ? AND status = 'RUNNING'"
+                " AND hostname = ? AND pid = ?",
+                (run_id, self._me.hostname, self._me.pid),
+            ).fetchone()
+            if mine is not None:
+                _abort(conn, run_id, sql_time(utcnow()), f"aborted: {reason}")
+        return mine is not None
 
     def prune(self, older_than: timedelta) -> int:
         """Delete the finished runs that ended more than `older_than` ago, with their logs."""
@@ -252,3 +257,23 @@ class StateStore:
                 cause = (exc.strerror or str(exc)).lower()
                 raise StateError(f"cannot delete the logs {logs}: {cause}") from exc
         return len(doomed)
+
+
+def _abort(conn: sqlite3.Connection, run_id: str, now: str | None, error: str) -> None:
+    """Within a transaction: `run_id` ABORTED, its unfinished ops and hosts CANCELLED (the ops
+    with `error`), its host locks freed."""
+    conn.execute(
+        "UPDATE runs SET status = 'ABORTED', finished_at = ? WHERE run_id = ?", (now, run_id)
+    )
+    conn.execute(
+        "UPDATE ops SET status = 'CANCELLED', error = ?,"
+        " finished_at = IIF(status = 'RUNNING', ?, finished_at)"
+        " WHERE run_id = ? AND status IN ('PENDING', 'RUNNING')",
+        (error, now, run_id),
+    )
+    conn.execute(
+        "UPDATE hosts SET status = 'CANCELLED'"
+        " WHERE run_id = ? AND status IN ('PENDING', 'RUNNING')",
+        (run_id,),
+    )
+    conn.execute("DELETE FROM host_locks WHERE run_id = ?", (run_id,))

@@ -221,7 +221,10 @@ PATHS: dict[str, Any] = {
             {
                 "202": _json({"type": "object"}, "Cancelling."),
                 "404": _error("No such run."),
-                "409": _error("The run is finished, or another fleet process drives it."),
+                "409": _error(
+                    "The run is finished, has stopped (its end is recorded as soon as the state "
+                    "store can be written), or another fleet process drives it."
+                ),
             },
             parameters=[_RUN_ID],
         )

@@ -3,7 +3,8 @@
 Each is one clear line and exit 2, never a traceback, and never a half-written record: every
 event is recorded in its own transaction, so what the store holds afterwards is either the
 whole event or nothing of it, and a run that could not record its end is marked ABORTED by the
-next start.
+next start, or, in the dashboard (a process that lives on), by the dashboard itself as soon
+as the store can be written again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from tests.faults.conftest import (
     user_ops,
 )
 from tests.integration.harness import FleetFactory, SshdHost, TestFleet, wait_until
+from tests.web.server import DashboardServer, write_token
 
 Mount = Callable[[str], Path]
 
@@ -141,6 +144,70 @@ def test_state_directory_filling_up_during_a_run(fleet_factory: FleetFactory, tm
         rows = db.execute("SELECT host, status FROM ops ORDER BY host").fetchall()
         assert rows == [("host1", "CANCELLED"), ("host2", "CANCELLED")]
         assert db.execute("SELECT count(*) FROM host_locks").fetchone() == (0,)
+
+
+def test_state_directory_filling_up_during_a_dashboard_run(
+    fleet_factory: FleetFactory, tmpfs: Mount
+) -> None:
+    """`fleet serve` outlives the run that stopped on a full store: it records the run ABORTED
+    by itself once the store can be written again (no restart, no request), the page is told,
+    the hosts are free, and the next run goes."""
+    fleet = fleet_factory(2)
+    mount = tmpfs("2m")
+    state = mount / "state"
+    big = "echo begin; head -c 4000000 /dev/zero | tr '\\0' x; echo; exec sleep 30"
+    fleet.write_config(extra=user_ops(big=big))
+    token = write_token(fleet.root / "dashboard-token")
+    server = DashboardServer(fleet, token_file=token, env={"FLEET_STATE_DIR": str(state)})
+    try:
+        server.start()
+        run = stop_a_run_on_a_full_store_then_make_room(server, state)
+        assert run["status"] == "ABORTED" and run["finished_at"] is not None
+        assert server.run(run["run_id"]) == run  # the record, as the page was told
+        for name in ("host1", "host2"):
+            assert run["hosts"][name]["status"] == "CANCELLED"
+            (big_op,) = run["hosts"][name]["ops"]
+            assert big_op["status"] == "CANCELLED"
+            assert big_op["error"].startswith(f"aborted: state directory {state} is full")
+        assert [(r["status"], r["cancellable"]) for r in server.get("/api/runs").json()] == [
+            ("ABORTED", False)
+        ]
+        assert all(h["current"] is None for h in server.get("/api/hosts").json())
+        with contextlib.closing(sqlite3.connect(state / "fleet.db")) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert db.execute("SELECT count(*) FROM host_locks").fetchone() == (0,)
+
+        again = server.start_run("do-all")  # its hosts are free: a new Do All runs
+        assert server.wait_run(again, timeout=60)["status"] == "COMPLETE"
+    finally:
+        stopped = server.stop()
+    assert stopped == 0, server.stderr()
+
+
+def stop_a_run_on_a_full_store_then_make_room(
+    server: DashboardServer, state: Path
+) -> dict[str, Any]:
+    """Start `op:big`, which fills the store; check what the service says while it is full;
+    make room; return the run of the `run_finished` message the page then gets."""
+    with server.events() as events:
+        run_id = server.start_run("op:big")
+        wait_until(lambda: f"run {run_id} stopped: " in server.stderr(), 30, "the run to stop")
+        assert f"state directory {state} is full" in server.stderr()
+        for host in server.fleet.hosts.values():  # the run stopped: its commands were killed
+            wait_until(partial(no_commands, host), 10, f"{host.name}'s commands to be killed")
+        # it cannot be recorded yet; it is not cancellable (the service never signals itself)
+        cancel = server.post(f"/api/runs/{run_id}/cancel")
+        assert cancel.status == 409, cancel.text
+        assert "recorded as ABORTED as soon as the state store can be written" in cancel.text
+        assert server.get("/api/runs").json()[0]["cancellable"] is False
+
+        for log in state.glob("logs/*/*/*.log"):  # make room again; then only wait and read
+            log.unlink()
+        finished = events.next(
+            lambda m: m["event"] == "run_finished" and m["run"]["run_id"] == run_id, timeout=30
+        )
+    run: dict[str, Any] = finished["run"]
+    return run
 
 
 def corrupt_pages(db: Path) -> None:

@@ -560,6 +560,43 @@ def test_runs_of_other_machines_are_left_alone(store: StateStore) -> None:
     assert store.acquire_hosts("run-b", ["web-1"]) == {"web-1": "run-a"}
 
 
+def open_files() -> set[str]:
+    fds = Path("/proc/self/fd")
+    return {os.path.realpath(fd) for fd in fds.iterdir() if fd.is_symlink()}
+
+
+def test_a_run_of_this_process_that_stopped_unrecorded_is_aborted_on_request(
+    store: StateStore,
+) -> None:
+    """The dashboard's case: its run stopped on a store error, and its process lives on."""
+    store.handle(run_started("run-a"))  # our own pid, alive: recovery leaves it RUNNING
+    store.acquire_hosts("run-a", ["web-1", "db-1"])
+    store.handle(OpStarted("run-a", "web-1", "pull", at(1)))
+    store.handle(OpOutput("run-a", "web-1", "pull", b"half"))
+    log = str(store.log_path("run-a", "web-1", "pull"))
+    store.handle(run_started("run-b", pid=1, hosts=("mail-1",)))  # another live process's
+    assert store.recover_aborted() == []
+    assert log in open_files()
+
+    assert store.abort_run("run-a", "the state store failed") is True
+
+    run = store.get_run("run-a")
+    assert (run.status, run.finished_at is not None) == (RunStatus.ABORTED, True)
+    web, db = run.hosts["web-1"], run.hosts["db-1"]
+    assert (web.status, db.status) == (HostStatus.CANCELLED, HostStatus.CANCELLED)
+    assert [(op.status, op.error) for op in web.ops] == [
+        (OpStatus.CANCELLED, "aborted: the state store failed")
+    ] * 3
+    assert web.ops[0].finished_at is not None and web.ops[1].finished_at is None
+    assert store.locked_hosts() == {}
+    assert log not in open_files()
+    assert store.read_log("run-a", "web-1", "pull") == b"half"
+    assert store.abort_run("run-a", "again") is False  # recorded once
+    assert store.get_run("run-a").hosts["web-1"].ops[0].error == "aborted: the state store failed"
+    assert store.abort_run("run-b", "not ours") is False
+    assert store.get_run("run-b").status is RunStatus.RUNNING
+
+
 def test_processes_are_told_apart_by_start_time() -> None:
     me = os.getpid()
     start = process_start_time(me)

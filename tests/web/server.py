@@ -53,11 +53,15 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedire
 
 
 class DashboardServer:
-    """`fleet serve` for `fleet` (a TestFleet); `token_file=None` lets it generate one."""
+    """`fleet serve` for `fleet` (a TestFleet); `token_file=None` lets it generate one; `env`
+    is added to the fleet's environment (e.g. another FLEET_STATE_DIR)."""
 
-    def __init__(self, fleet: TestFleet, *, token_file: Path | None) -> None:
+    def __init__(
+        self, fleet: TestFleet, *, token_file: Path | None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.fleet = fleet
         self.token_file = token_file
+        self.env = dict(env or {})
         self.stderr_path = fleet.root / f"serve-{time.monotonic_ns()}.err"
         self.url = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -71,7 +75,7 @@ class DashboardServer:
         with self.stderr_path.open("wb") as err:
             self._proc = subprocess.Popen(
                 self.fleet.cli_argv(args),
-                env=self.fleet.cli_env(),
+                env=self.fleet.cli_env(self.env),
                 cwd=self.fleet.root,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
