@@ -5,7 +5,9 @@
 
 An op's log is open while the op runs and flushed on every write, so that readers in other
 processes (the dashboard, `fleet logs -f`) see the output as it comes; output is never held in
-memory.
+memory. Each op's path is checked and built once, each directory made once, and the logs this
+process wrote are remembered, so that recording an op's result (several times in a run) costs
+no file system call.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from fleet.errors import StateError
-from fleet.models import OpResult, is_valid_name
+from fleet.models import OpResult, OpStatus, is_valid_name
 from fleet.state.database import os_problem
 
 CONTROLLER_LOGS = "controller"  # the log directory of a run's controller ops
@@ -29,15 +31,24 @@ class OpLogs:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
+        self._state_dir_str = str(state_dir)
         self.dir = state_dir / "logs"
         self._open: dict[LogKey, io.BufferedWriter] = {}
+        self._paths: dict[LogKey, Path] = {}  # checked and built
+        self._dirs: set[Path] = set()  # made by this process
+        self._written: set[LogKey] = set()  # logs this process created or appended to
 
     def path(self, run_id: str, host: str | None, op: str) -> Path:
         """Where an op's output is kept; `host` None (or "") for a controller op."""
+        key = (run_id, host or None, op)
+        known = self._paths.get(key)
+        if known is not None:
+            return known
         for kind, name in (("run id", run_id), ("host", host or CONTROLLER_LOGS), ("op", op)):
             if not is_valid_name(name):
                 raise StateError(f"invalid {kind} {name!r}: not a log name")
-        return self.dir / run_id / (host or CONTROLLER_LOGS) / f"{op}.log"
+        path = self._paths[key] = self.dir / run_id / (host or CONTROLLER_LOGS) / f"{op}.log"
+        return path
 
     def read(self, run_id: str, host: str | None, op: str, last: int | None) -> bytes | None:
         """An op's output (only its `last` bytes if given); None when it has no log file."""
@@ -55,8 +66,12 @@ class OpLogs:
     def ref(self, run_id: str, host: str | None, result: OpResult) -> str | None:
         """The absolute log path to record: the result's (relative to the state directory), or
         the store's own log when the op wrote one."""
-        if result.log:
-            return str(self.state_dir / result.log)  # an absolute `log` stays as it is
+        if result.log:  # (an absolute `log` stays as it is)
+            return os.path.join(self._state_dir_str, result.log)
+        if (run_id, host or None, result.op) in self._written:
+            return str(self.path(run_id, host, result.op))
+        if result.status is OpStatus.PENDING:  # not begun, and nothing noted: no output yet
+            return None
         path = self.path(run_id, host, result.op)
         return str(path) if path.exists() else None
 
@@ -65,10 +80,20 @@ class OpLogs:
             return
         path = self.path(*key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._open[key] = path.open("ab")
+            self._open[key] = self._open_file(path)
         except OSError as exc:
             raise StateError(os_problem(self.state_dir, exc, path)) from exc
+        self._written.add((key[0], key[1] or None, key[2]))
+
+    def _open_file(self, path: Path) -> io.BufferedWriter:
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+        try:
+            return path.open("ab")
+        except FileNotFoundError:  # its directory was removed meanwhile: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("ab")
 
     def append(self, run_id: str, host: str | None, op: str, data: bytes) -> None:
         key = (run_id, host, op)
@@ -79,11 +104,11 @@ class OpLogs:
                 log.flush()  # readers in other processes (dashboard, `fleet logs -f`) see it now
                 return
             path = self.path(*key)  # a note before the op started or after it finished
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("ab") as once:
+            with self._open_file(path) as once:
                 once.write(data)
         except OSError as exc:
             raise StateError(os_problem(self.state_dir, exc, self.path(*key))) from exc
+        self._written.add((run_id, host or None, op))
 
     def close(self, key: LogKey) -> None:
         log = self._open.pop(key, None)
@@ -107,6 +132,15 @@ class OpLogs:
     def abandon_run(self, run_id: str) -> None:
         """Close the logs of every op of `run_id`, ignoring errors: its run stopped on one."""
         self._abandon([k for k in self._open if k[0] == run_id])
+        self.forget_run(run_id)
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop what is remembered of `run_id`'s logs (its run is recorded as ended), so that
+        a long-lived process (the dashboard) does not keep every run's paths."""
+        for key in [k for k in self._paths if k[0] == run_id]:
+            del self._paths[key]
+        self._written = {k for k in self._written if k[0] != run_id}
+        self._dirs = {d for d in self._dirs if d.parent.name != run_id}
 
     def close_all(self) -> None:
         """Close every open log, ignoring errors (a log that cannot be flushed already raised

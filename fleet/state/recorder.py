@@ -2,6 +2,8 @@
 
 Each event is one transaction, so a controller that dies mid-run leaves a true record (which
 `StateStore.recover_aborted` later completes); op output goes straight to the op's log file.
+What the recorder already wrote is not written again: a host's row is made once, and at the
+end of a run only the hosts whose result differs from what their `HostFinished` wrote.
 """
 
 from __future__ import annotations
@@ -70,9 +72,24 @@ class EventRecorder:
     def __init__(self, db: Database, logs: OpLogs) -> None:
         self._db = db
         self._logs = logs
+        self._hosts: set[tuple[str, str]] = set()  # (run_id, host) rows this recorder made
+        self._finished: dict[tuple[str, str], HostResult] = {}  # what HostFinished wrote
 
     def handle(self, event: Event) -> None:
         """Record one executor event (an `EventBus` subscriber). Raises StateError."""
+        try:
+            self._record(event)
+        except BaseException:  # its transaction was rolled back: what it wrote is not there
+            self.forget(_run_id(event))
+            raise
+
+    def forget(self, run_id: str) -> None:
+        """Drop what the recorder remembers of `run_id` (its run ended, or a write failed):
+        the next event of that run (if any) writes its host rows in full again."""
+        self._hosts = {key for key in self._hosts if key[0] != run_id}
+        self._finished = {k: v for k, v in self._finished.items() if k[0] != run_id}
+
+    def _record(self, event: Event) -> None:
         match event:
             case RunStarted():
                 self._run_started(event)
@@ -125,7 +142,7 @@ class EventRecorder:
         with self._db.transaction() as conn:
             require_run(conn, event.run_id)
             if event.host is not None:
-                conn.execute(_ENSURE_HOST, {"run_id": event.run_id, "host": event.host})
+                self._ensure_host(conn, event.run_id, event.host)
                 conn.execute(
                     "UPDATE hosts SET status = 'RUNNING'"
                     " WHERE run_id = ? AND host = ? AND status = 'PENDING'",
@@ -148,7 +165,7 @@ class EventRecorder:
         with self._db.transaction() as conn:
             require_run(conn, event.run_id)
             if event.host is not None:
-                conn.execute(_ENSURE_HOST, {"run_id": event.run_id, "host": event.host})
+                self._ensure_host(conn, event.run_id, event.host)
             self._put_op(conn, event.run_id, event.host, event.result)
 
     def _host_finished(self, event: HostFinished) -> None:
@@ -157,6 +174,7 @@ class EventRecorder:
         with self._db.transaction() as conn:
             require_run(conn, event.run_id)
             self._put_host(conn, event.run_id, host.name, host, host.ops)
+        self._finished[(event.run_id, host.name)] = host
 
     def _run_finished(self, event: RunFinished) -> None:
         run = event.run
@@ -168,10 +186,18 @@ class EventRecorder:
                 (run.status.value, sql_time(run.finished_at or utcnow()), run.run_id),
             )
             for name, host in run.hosts.items():
-                self._put_host(conn, run.run_id, name, host, host.ops)
+                if self._finished.get((run.run_id, name)) != host:
+                    self._put_host(conn, run.run_id, name, host, host.ops)
             for op in run.controller_ops:
                 self._put_op(conn, run.run_id, None, op)
             conn.execute("DELETE FROM host_locks WHERE run_id = ?", (run.run_id,))
+        self._logs.forget_run(run.run_id)
+        self.forget(run.run_id)
+
+    def _ensure_host(self, conn: sqlite3.Connection, run_id: str, host: str) -> None:
+        if (run_id, host) not in self._hosts:
+            conn.execute(_ENSURE_HOST, {"run_id": run_id, "host": host})
+            self._hosts.add((run_id, host))
 
     def _put_host(
         self,
@@ -181,7 +207,7 @@ class EventRecorder:
         host: HostResult,
         ops: Sequence[OpResult],
     ) -> None:
-        conn.execute(_ENSURE_HOST, {"run_id": run_id, "host": name})
+        self._ensure_host(conn, run_id, name)
         conn.execute(
             "UPDATE hosts SET status = ?, failed_op = ?, rolled_back = ?"
             " WHERE run_id = ? AND host = ?",
@@ -212,3 +238,9 @@ class EventRecorder:
                 "switch_like": int(result.switch_like),
             },
         )
+
+
+def _run_id(event: Event) -> str:
+    if isinstance(event, RunStarted | RunFinished):
+        return event.run.run_id
+    return event.run_id

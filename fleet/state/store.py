@@ -222,6 +222,7 @@ class StateStore:
         Returns False when there is nothing to do (not RUNNING, or another process's run).
         Raises StateError while the store cannot be written: try again later."""
         self._logs.abandon_run(run_id)
+        self._recorder.forget(run_id)
         with self._db.transaction() as conn:
             mine = conn.execute(
                 "SELECT 1 FROM runs WHERE run_id = ? AND status = 'RUNNING'"

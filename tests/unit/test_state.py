@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from fleet.errors import StateError
 from fleet.events import (
@@ -38,6 +39,8 @@ from fleet.state import (
     process_alive,
     process_start_time,
 )
+from fleet.state.logs import OpLogs
+from fleet.state.recorder import EventRecorder
 
 T0 = datetime(2026, 11, 26, 0, 30, 12, 123456, tzinfo=UTC)
 OPS = ("pull", "switch", "test")
@@ -772,3 +775,76 @@ def test_a_closed_store_says_so(tmp_path: Path) -> None:
 
     with pytest.raises(StateError, match="is closed"):
         store.latest_run()
+
+
+def test_op_logs_remember_what_they_wrote_and_forget_a_finished_run(
+    tmp_path: Path, mocker: MockerFixture
+) -> None:
+    """Recording a result (four times per op in a run) costs no file system call for a log
+    this process wrote; a directory removed under a run is made again; a finished run's
+    paths are forgotten, so a long-lived process does not keep them."""
+    logs = OpLogs(tmp_path)
+    key = ("r1", "web1", "pull")
+    logs.open(key)
+    logs.append(*key, b"fetched\n")
+    logs.close(key)
+    path = logs.path(*key)
+    exists = mocker.spy(Path, "exists")
+    mkdir = mocker.spy(Path, "mkdir")
+    assert logs.ref("r1", "web1", OpResult("pull")) == str(path)
+    assert logs.ref("r1", "web1", OpResult("test")) is None  # not begun: no output
+    assert exists.call_count == 0
+    done = OpResult("test", OpStatus.SUCCESS)  # ended, and not written by this process
+    assert logs.ref("r1", "web1", done) is None  # (looked up)
+    assert exists.call_count == 1
+    assert logs.ref("r1", "web1", dataclasses.replace(done, log="logs/r0/web1/test.log")) == (
+        f"{tmp_path}/logs/r0/web1/test.log"
+    )
+    logs.open(("r1", "web1", "switch"))  # same directory: not made again
+    assert mkdir.call_count == 0
+    logs.close(("r1", "web1", "switch"))
+
+    (path.parent / "switch.log").unlink()
+    path.unlink()
+    path.parent.rmdir()  # e.g. removed to free space on a full disk
+    logs.append("r1", "web1", "test", b"a note after the directory went\n")
+    assert (path.parent / "test.log").read_bytes() == b"a note after the directory went\n"
+
+    logs.forget_run("r1")
+    pulled = OpResult("pull", OpStatus.SUCCESS)
+    assert logs.ref("r1", "web1", pulled) is None  # looked up again: it is gone
+
+
+def test_the_end_of_a_run_rewrites_only_hosts_whose_result_changed(
+    store: StateStore, mocker: MockerFixture
+) -> None:
+    """HostFinished wrote each finished host's row and ops; RunFinished writes a host again
+    only when its result differs (a host that never finished, or one changed since)."""
+    put_host = mocker.spy(EventRecorder, "_put_host")
+    feed_deploy(store, "20261126-003012-3f9a")
+    assert [c.args[3] for c in put_host.call_args_list] == [
+        "web-1",  # RunStarted
+        "db-1",
+        "web-1",  # HostFinished
+        "db-1",
+    ]  # and not again at RunFinished: both were the same
+
+    put_host.reset_mock()
+    started = run_started("20261126-003013-0000")
+    store.handle(started)
+    web = HostResult("web-1", HostStatus.COMPLETE, ops=started.run.hosts["web-1"].ops)
+    store.handle(HostFinished(started.run.run_id, web))
+    changed = dataclasses.replace(web, status=HostStatus.FAILED, rolled_back=True)
+    cancelled = HostResult("db-1", HostStatus.CANCELLED, ops=started.run.hosts["db-1"].ops)
+    final = dataclasses.replace(
+        started.run,
+        status=RunStatus.FAILED,
+        finished_at=at(5),
+        hosts={"web-1": changed, "db-1": cancelled},
+    )
+    store.handle(RunFinished(final))
+    assert [c.args[3] for c in put_host.call_args_list][-2:] == ["web-1", "db-1"]
+    recorded = store.get_run(final.run_id)
+    assert recorded.hosts["web-1"].status is HostStatus.FAILED
+    assert recorded.hosts["web-1"].rolled_back
+    assert recorded.hosts["db-1"].status is HostStatus.CANCELLED
