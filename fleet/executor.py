@@ -7,6 +7,9 @@ fails (or times out, or cannot be reached, or is held by another run) is exclude
 later op, which is recorded as SKIPPED. One asyncio task per host, a semaphore for
 `max_parallel`; cancellation is asyncio task cancellation, and the transport kills the remote
 process groups in its cleanup. The executor never prints: it emits events (fleet.events).
+
+A run follows its `RunOptions` (fleet.options); its record while it runs is a `RunState`
+(fleet.runstate), which emits each op result and each host's end as the executor settles them.
 """
 
 from __future__ import annotations
@@ -18,26 +21,14 @@ import os
 import shlex
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.controller import ControllerOpRunner
 from fleet.errors import ConfigError, FleetError, HostError
-from fleet.events import (
-    EventBus,
-    HostFinished,
-    OpFinished,
-    OpNote,
-    OpOutput,
-    OpSlow,
-    OpStarted,
-    RunFinished,
-    RunStarted,
-)
+from fleet.events import EventBus, OpNote, OpOutput, OpSlow, OpStarted, RunFinished, RunStarted
 from fleet.models import (
     ControllerSettings,
     Host,
-    HostResult,
     HostStatus,
     Mode,
     Op,
@@ -45,82 +36,21 @@ from fleet.models import (
     OpStatus,
     Pipeline,
     Run,
-    RunStatus,
     Scope,
     host_status_of,
     run_status_of,
     utcnow,
 )
 from fleet.ops import OpRegistry, Privilege
+from fleet.options import RunOptions
 from fleet.runners import HostOpRunner, OpContext, OpOutcome, TailBuffer, controller_unit
+from fleet.runstate import HostState, RunState
 from fleet.transport.base import Session, SessionFactory
 
 # How many hosts may be connecting (SSH handshake, login, shell start) at once: hundreds of
 # handshakes at a time only slow each other down, past the shell-start timeout on a busy
 # controller; the hosts that are already connected go on meanwhile.
 CONNECTING_AT_ONCE = 64
-
-
-@dataclass(frozen=True)
-class MaxFail:
-    """`--max-fail N` or `--max-fail P%`: how many failed hosts are tolerated."""
-
-    count: int | None = None
-    percent: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> MaxFail:
-        try:
-            if text.endswith("%"):
-                percent = float(text[:-1])
-                if not 0 <= percent <= 100:
-                    raise ValueError
-                return cls(percent=percent)
-            count = int(text)
-            if count < 0:
-                raise ValueError
-            return cls(count=count)
-        except ValueError:
-            raise ConfigError(f"--max-fail: expected N or P% (got {text!r})") from None
-
-    def exceeded(self, failed: int, total: int) -> bool:
-        limit = self.count if self.count is not None else (self.percent or 0) * total / 100
-        return failed > limit
-
-    def __str__(self) -> str:
-        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    mode: Mode = Mode.LOCKSTEP
-    max_parallel: int | None = None
-    max_fail: MaxFail | None = None
-    rollback_on_failure: bool = False
-    pr: int | None = None
-    selector: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode.value,
-            "max_parallel": self.max_parallel,
-            "max_fail": str(self.max_fail) if self.max_fail else None,
-            "rollback_on_failure": self.rollback_on_failure,
-            "pr": self.pr,
-            "on": self.selector,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunOptions:
-        max_fail = data.get("max_fail")
-        return cls(
-            mode=Mode(data.get("mode", "lockstep")),
-            max_parallel=data.get("max_parallel"),
-            max_fail=MaxFail.parse(max_fail) if max_fail else None,
-            rollback_on_failure=bool(data.get("rollback_on_failure")),
-            pr=data.get("pr"),
-            selector=data.get("on"),
-        )
 
 
 class HostLocks(Protocol):
@@ -136,54 +66,6 @@ RunnerFactory = Callable[[Session, Host, "str | None"], HostRunner]
 
 def default_runner(session: Session, host: Host, self_unit: str | None) -> HostRunner:
     return HostOpRunner(session, host, self_unit=self_unit)
-
-
-@dataclass
-class _HostState:
-    host: Host
-    results: list[OpResult]
-    status: HostStatus = HostStatus.PENDING
-    failed_op: str | None = None
-    rolled_back: bool = False
-    session: Session | None = None
-    start: int = 0  # first pipeline index to run (retry)
-
-    def snapshot(self) -> HostResult:
-        return HostResult(
-            self.host.name, self.status, self.failed_op, tuple(self.results), self.rolled_back
-        )
-
-
-@dataclass
-class _RunState:
-    run_id: str
-    pipeline: Pipeline
-    ops: list[Op]
-    options: RunOptions
-    retry_of: str | None
-    started_at: Any
-    hosts: dict[str, _HostState]
-    controller: dict[int, OpResult] = field(default_factory=dict)
-    failed_hosts: int = 0
-    halted: bool = False  # max-fail reached: start nothing new
-    cancelled: bool = False
-    deferred: list[tuple[str, str]] = field(default_factory=list)  # (host, unit)
-
-    def host_positions(self) -> list[int]:
-        return [i for i, op in enumerate(self.ops) if op.scope is Scope.HOST]
-
-    def snapshot(self, status: RunStatus = RunStatus.RUNNING, finished: Any = None) -> Run:
-        return Run(
-            run_id=self.run_id,
-            pipeline=self.pipeline.id,
-            status=status,
-            started_at=self.started_at,
-            finished_at=finished,
-            retry_of=self.retry_of,
-            controller_ops=tuple(self.controller[i] for i in sorted(self.controller)),
-            hosts={name: h.snapshot() for name, h in self.hosts.items()},
-            options=self.options.to_json(),
-        )
 
 
 class PipelineExecutor:
@@ -211,7 +93,7 @@ class PipelineExecutor:
         self.runner_factory = runner_factory
         self.log_path = log_path
         self._main: asyncio.Task[None] | None = None
-        self._state: _RunState | None = None
+        self._state: RunState | None = None
         self._connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)  # made again by each run
 
     # -- public API ----------------------------------------------------------------------
@@ -244,7 +126,10 @@ class PipelineExecutor:
     ) -> Run:
         """Run `pipeline` on `hosts`; returns the finished Run (also when cancelled)."""
         ops = self.validate(pipeline, options)
-        state = self._new_state(pipeline, ops, hosts, options, run_id, retry_of, start_at or {})
+        run_id = run_id or self.new_run_id()
+        state = RunState.create(
+            self.bus, run_id, pipeline, ops, hosts, options, retry_of, start_at or {}
+        )
         self._state = state
         self.bus.emit(
             RunStarted(
@@ -254,7 +139,7 @@ class PipelineExecutor:
                 controller_ops=tuple(op.id for op in ops if op.scope is Scope.CONTROLLER),
             )
         )
-        self._mark_done_before(state)
+        state.mark_done_before()
         outer_cancelled = False
         try:
             self._lock_hosts(state)
@@ -284,71 +169,21 @@ class PipelineExecutor:
 
     # -- setup -----------------------------------------------------------------------------
 
-    def _new_state(
-        self,
-        pipeline: Pipeline,
-        ops: list[Op],
-        hosts: Sequence[Host],
-        options: RunOptions,
-        run_id: str | None,
-        retry_of: str | None,
-        start_at: Mapping[str, int],
-    ) -> _RunState:
-        host_ops = [op for op in ops if op.scope is Scope.HOST]
-        states = {
-            h.name: _HostState(
-                host=h,
-                results=[OpResult(op.id, switch_like=op.switch_like) for op in host_ops],
-                start=start_at.get(h.name, 0),
-            )
-            for h in hosts
-        }
-        controller = {
-            i: OpResult(op.id) for i, op in enumerate(ops) if op.scope is Scope.CONTROLLER
-        }
-        return _RunState(
-            run_id=run_id or self.new_run_id(),
-            pipeline=pipeline,
-            ops=ops,
-            options=options,
-            retry_of=retry_of,
-            started_at=utcnow(),
-            hosts=states,
-            controller=controller,
-        )
-
-    def _mark_done_before(self, state: _RunState) -> None:
-        """A retry skips the ops each host already completed in the earlier run."""
-        if state.retry_of is None:
-            return
-        note = f"done in run {state.retry_of}"
-        for hs in state.hosts.values():
-            for k, pos in enumerate(state.host_positions()):
-                if pos < hs.start:
-                    self._set_result(state, hs, k, OpStatus.SKIPPED, error=note)
-        for i in list(state.controller):
-            if all(hs.start > i for hs in state.hosts.values()):
-                result = dataclasses.replace(
-                    state.controller[i], status=OpStatus.SKIPPED, error=note
-                )
-                state.controller[i] = result
-                self.bus.emit(OpFinished(state.run_id, None, result))
-
-    def _lock_hosts(self, state: _RunState) -> None:
+    def _lock_hosts(self, state: RunState) -> None:
         if self.locks is None:
             return
         refused = self.locks.acquire_hosts(state.run_id, list(state.hosts))
         for name, holder in refused.items():
             hs = state.hosts[name]
-            k = self._first_to_run(state, hs)
+            k = state.first_to_run(hs)
             error = f"host is held by run {holder}"
             if k is not None:
-                self._set_result(state, hs, k, OpStatus.FAILED, error=error)
-            self._exclude(state, hs, k, HostStatus.FAILED)
+                state.set_result(hs, k, OpStatus.FAILED, error=error)
+            state.exclude(hs, k, HostStatus.FAILED)
 
     # -- the run ---------------------------------------------------------------------------
 
-    async def _run(self, state: _RunState) -> None:
+    async def _run(self, state: RunState) -> None:
         self._connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)  # this run's event loop
         semaphore = asyncio.Semaphore(state.options.max_parallel or len(state.hosts) or 1)
         for segment in self._segments(state):
@@ -377,7 +212,7 @@ class PipelineExecutor:
         except BaseExceptionGroup as errors:
             raise errors.exceptions[0] from None
 
-    def _segments(self, state: _RunState) -> list[list[int]]:
+    def _segments(self, state: RunState) -> list[list[int]]:
         """Lockstep: one op a segment. Streaming: runs of host ops between controller ops."""
         segments: list[list[int]] = []
         for i, op in enumerate(state.ops):
@@ -393,24 +228,23 @@ class PipelineExecutor:
                 segments.append([i])
         return segments
 
-    async def _run_controller_op(self, state: _RunState, index: int) -> bool:
+    async def _run_controller_op(self, state: RunState, index: int) -> bool:
         op = state.ops[index]
         if state.controller[index].status is OpStatus.SKIPPED:
             return True
         result = await self._attempts(state, None, op, index)
-        state.controller[index] = result
-        self.bus.emit(OpFinished(state.run_id, None, result))
+        state.record(None, index, result)
         if result.status is OpStatus.SUCCESS:
             return True
         for hs in state.hosts.values():
             if hs.status.finished:
                 continue
             hs.failed_op = op.id
-            self._exclude(state, hs, None, HostStatus.FAILED)
+            state.exclude(hs, None, HostStatus.FAILED)
         return False
 
     async def _run_host_segment(
-        self, state: _RunState, hs: _HostState, segment: list[int], semaphore: asyncio.Semaphore
+        self, state: RunState, hs: HostState, segment: list[int], semaphore: asyncio.Semaphore
     ) -> None:
         positions = state.host_positions()
         for index in segment:
@@ -421,53 +255,43 @@ class PipelineExecutor:
                 if state.cancelled:  # (also while this host waited) _finish marks the rest
                     return
                 if state.halted:  # max-fail reached while this host waited
-                    self._exclude(state, hs, k, HostStatus.CANCELLED)
+                    state.exclude(hs, k, HostStatus.CANCELLED)
                     return
                 result = await self._attempts(state, hs, state.ops[index], k)
             if result.status is not OpStatus.SUCCESS:
                 await self._host_failed(state, hs, k)
                 return
-        if hs.status is not HostStatus.FAILED and self._host_done(state, hs):
-            hs.status = HostStatus.COMPLETE
-            self.bus.emit(HostFinished(state.run_id, hs.snapshot()))
+        if hs.status is not HostStatus.FAILED and hs.all_ops_finished():
+            state.finish_host(hs, HostStatus.COMPLETE)
 
-    def _host_done(self, state: _RunState, hs: _HostState) -> bool:
-        return all(r.status.finished for r in hs.results)
-
-    async def _host_failed(self, state: _RunState, hs: _HostState, k: int) -> None:
+    async def _host_failed(self, state: RunState, hs: HostState, k: int) -> None:
         state.failed_hosts += 1
         hs.failed_op = hs.results[k].op
         try:
             rollback = state.options.rollback_on_failure and not state.cancelled
-            if rollback and self._switched_before(state, hs, k):
+            if rollback and hs.switched_before(k):
                 await self._rollback(state, hs)
         finally:  # also when cancelled during the rollback: the later ops never run
-            self._exclude(state, hs, k + 1, HostStatus.FAILED)
+            state.exclude(hs, k + 1, HostStatus.FAILED)
         max_fail = state.options.max_fail
         if max_fail and max_fail.exceeded(state.failed_hosts, len(state.hosts)):
             state.halted = True
 
-    def _switched_before(self, state: _RunState, hs: _HostState, k: int) -> bool:
-        return any(
-            r.switch_like and r.op != "rollback" and r.status is OpStatus.SUCCESS
-            for r in hs.results[:k]
-        )
-
-    async def _rollback(self, state: _RunState, hs: _HostState) -> None:
+    async def _rollback(self, state: RunState, hs: HostState) -> None:
         op = self.ops.get("rollback")
         hs.results.append(OpResult(op.id, switch_like=True))
         k = len(hs.results) - 1
         self._note(state, hs.host.name, op.id, "rolling back: an op after the switch failed")
         if state.cancelled:  # by a subscriber of that note: the rollback never starts
             log = self._log(state, hs.host.name, op.id)
-            self._set_result(state, hs, k, OpStatus.CANCELLED, error="cancelled", log=log)
+            state.set_result(hs, k, OpStatus.CANCELLED, error="cancelled", log=log)
             return
         result = await self._attempts(state, hs, op, k)
         hs.rolled_back = result.status is OpStatus.SUCCESS
 
     # -- one op ------------------------------------------------------------------------------
 
-    async def _attempts(self, state: _RunState, hs: _HostState | None, op: Op, k: int) -> OpResult:
+    async def _attempts(self, state: RunState, hs: HostState | None, op: Op, k: int) -> OpResult:
         """Run an op with its automatic retries; record and emit every step."""
         name = hs.host.name if hs else None
         attempt = 0
@@ -482,15 +306,12 @@ class PipelineExecutor:
                 return result
 
     async def _attempt(
-        self, state: _RunState, hs: _HostState | None, op: Op, k: int, attempt: int
+        self, state: RunState, hs: HostState | None, op: Op, k: int, attempt: int
     ) -> OpResult:
         name = hs.host.name if hs else None
         started = utcnow()
         if hs is not None:
-            hs.status = HostStatus.RUNNING
-            self._set_result(
-                state, hs, k, OpStatus.RUNNING, started_at=started, attempts=attempt, emit=False
-            )
+            hs.mark_running(k, started, attempt)
         self.bus.emit(OpStarted(state.run_id, name, op.id, started, attempt))
         tail = TailBuffer()
 
@@ -498,12 +319,7 @@ class PipelineExecutor:
             tail.add(data)
             self.bus.emit(OpOutput(state.run_id, name, op.id, data))
 
-        loop = asyncio.get_running_loop()
-        slow = (
-            loop.call_later(op.warn_after, self._slow, state, name, op, loop.time())
-            if op.warn_after
-            else None
-        )
+        slow = self._warn_when_slow(state, name, op)
         outcome: OpOutcome | None = None
         status, error = OpStatus.FAILED, None
         try:
@@ -524,16 +340,28 @@ class PipelineExecutor:
             result = self._op_result(op, status, error, outcome, started, attempt, tail)
             result = dataclasses.replace(result, log=self._log(state, name, op.id))
             if hs is not None:
-                hs.results[k] = result
-                self.bus.emit(OpFinished(state.run_id, name, result))
+                state.record(hs, k, result)
                 if status is OpStatus.CANCELLED:
-                    self._exclude(state, hs, k + 1, HostStatus.CANCELLED)
-            elif status is OpStatus.CANCELLED:
-                state.controller[k] = result
-                self.bus.emit(OpFinished(state.run_id, None, result))
+                    state.exclude(hs, k + 1, HostStatus.CANCELLED)
+            elif status is OpStatus.CANCELLED:  # else the caller records it, after the retries
+                state.record(None, k, result)
         if outcome and outcome.deferred_units and hs is not None:
             state.deferred.extend((hs.host.name, unit) for unit in outcome.deferred_units)
         return result
+
+    def _warn_when_slow(
+        self, state: RunState, host: str | None, op: Op
+    ) -> asyncio.TimerHandle | None:
+        """Emits OpSlow if the op is still running after its warn_after time."""
+        if not op.warn_after:
+            return None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        def slow() -> None:
+            self.bus.emit(OpSlow(state.run_id, host, op.id, loop.time() - started))
+
+        return loop.call_later(op.warn_after, slow)
 
     @staticmethod
     def _op_result(
@@ -561,8 +389,8 @@ class PipelineExecutor:
 
     async def _dispatch(
         self,
-        state: _RunState,
-        hs: _HostState | None,
+        state: RunState,
+        hs: HostState | None,
         op: Op,
         attempt: int,
         output: Callable[[bytes], None],
@@ -583,7 +411,7 @@ class PipelineExecutor:
         )
         return await self.runner_factory(session, hs.host, self.self_unit).run(ctx)
 
-    async def _session(self, hs: _HostState, run_id: str) -> Session:
+    async def _session(self, hs: HostState, run_id: str) -> Session:
         if hs.session is None:
             session = self.session_factory(hs.host)
             session.hold_for(run_id)
@@ -594,69 +422,23 @@ class PipelineExecutor:
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def _first_to_run(self, state: _RunState, hs: _HostState) -> int | None:
-        for k, pos in enumerate(state.host_positions()):
-            if pos >= hs.start and not hs.results[k].status.finished:
-                return k
-        return None
-
-    def _set_result(
-        self,
-        state: _RunState,
-        hs: _HostState,
-        k: int,
-        status: OpStatus,
-        *,
-        emit: bool = True,
-        **changes: Any,
-    ) -> None:
-        result = dataclasses.replace(hs.results[k], status=status, **changes)
-        if status.finished and result.finished_at is None and status is not OpStatus.SKIPPED:
-            result = dataclasses.replace(result, finished_at=utcnow())
-        hs.results[k] = result
-        if emit:
-            self.bus.emit(OpFinished(state.run_id, hs.host.name, result))
-
-    def _exclude(
-        self, state: _RunState, hs: _HostState, from_k: int | None, status: HostStatus
-    ) -> None:
-        """The host leaves the pipeline: its unfinished ops become SKIPPED (or CANCELLED)."""
-        op_status = OpStatus.CANCELLED if status is HostStatus.CANCELLED else OpStatus.SKIPPED
-        for k, r in enumerate(hs.results):
-            if (from_k is None or k >= from_k) and not r.status.finished:
-                self._set_result(state, hs, k, op_status)
-        if status is HostStatus.FAILED and hs.failed_op is None:
-            failed = [r.op for r in hs.results if r.status.failed]
-            hs.failed_op = failed[0] if failed else None
-        if any(r.status.failed for r in hs.results) or hs.failed_op:
-            status = HostStatus.FAILED
-        hs.status = status
-        self.bus.emit(HostFinished(state.run_id, hs.snapshot()))
-
-    def _log(self, state: _RunState, host: str | None, op: str) -> str | None:
+    def _log(self, state: RunState, host: str | None, op: str) -> str | None:
         return self.log_path(state.run_id, host, op) if self.log_path is not None else None
 
-    def _note(self, state: _RunState, host: str | None, op: str, message: str) -> None:
+    def _note(self, state: RunState, host: str | None, op: str, message: str) -> None:
         self.bus.emit(OpNote(state.run_id, host, op, message))
 
-    def _slow(self, state: _RunState, host: str | None, op: Op, started: float) -> None:
-        elapsed = asyncio.get_running_loop().time() - started
-        self.bus.emit(OpSlow(state.run_id, host, op.id, elapsed))
-
-    async def _finish(self, state: _RunState) -> Run:
+    async def _finish(self, state: RunState) -> Run:
         for i, result in list(state.controller.items()):
             if not result.status.finished:
                 op_status = OpStatus.CANCELLED if state.cancelled else OpStatus.SKIPPED
-                state.controller[i] = dataclasses.replace(result, status=op_status)
-                self.bus.emit(OpFinished(state.run_id, None, state.controller[i]))
+                state.record(None, i, dataclasses.replace(result, status=op_status))
         for hs in state.hosts.values():
             if not hs.status.finished:
-                done = self._host_done(state, hs) and not state.cancelled and not state.halted
-                if done:
-                    hs.status = host_status_of(r.status for r in hs.results)
-                    self.bus.emit(HostFinished(state.run_id, hs.snapshot()))
+                if hs.all_ops_finished() and not state.cancelled and not state.halted:
+                    state.finish_host(hs, host_status_of(r.status for r in hs.results))
                 else:
-                    self._exclude(state, hs, None, HostStatus.CANCELLED)
+                    state.exclude(hs, None, HostStatus.CANCELLED)
         status = run_status_of(
             (hs.status for hs in state.hosts.values()), cancelled=state.cancelled
         )
@@ -665,7 +447,7 @@ class PipelineExecutor:
         await self._deferred_restarts(state)
         return run
 
-    async def _deferred_restarts(self, state: _RunState) -> None:
+    async def _deferred_restarts(self, state: RunState) -> None:
         """Restart this controller's own unit only now that the run is recorded."""
         for name, unit in state.deferred:
             session = state.hosts[name].session
@@ -677,7 +459,7 @@ class PipelineExecutor:
                 async with asyncio.timeout(10):
                     await session.capture(shlex.join(argv))
 
-    async def _close_sessions(self, state: _RunState) -> None:
+    async def _close_sessions(self, state: RunState) -> None:
         sessions = [hs.session for hs in state.hosts.values() if hs.session is not None]
 
         async def close(session: Session) -> None:

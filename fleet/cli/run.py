@@ -17,8 +17,8 @@ from fleet.api import Fleet, PlannedRun
 from fleet.cli.context import EXIT_CANCELLED, AppContext, pass_app
 from fleet.errors import FleetError
 from fleet.events import Subscriber
-from fleet.executor import MaxFail, RunOptions
 from fleet.models import Mode, Run, RunStatus, Scope
+from fleet.options import MaxFail, RunOptions
 from fleet.state import StateStore
 
 F = Callable[..., Any]

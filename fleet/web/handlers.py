@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from fleet.errors import ConfigError, FleetError, HostSelectionError, StateError
-from fleet.executor import MaxFail, RunOptions
 from fleet.models import Mode, Run, is_valid_name, iso, utcnow
+from fleet.options import MaxFail, RunOptions
 from fleet.web.overview import HISTORY_FOR_HOSTS, host_overview, pipeline_overview
 from fleet.web.runs import Conflict, RunManager
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from fleet.api import Fleet
 from fleet.config import load_inventory
 from fleet.demo import start_demo
-from fleet.executor import RunOptions
 from fleet.models import RunStatus
+from fleet.options import RunOptions
 from fleet.state import StateStore
 
 HOSTS = 200

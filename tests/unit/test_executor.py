@@ -11,7 +11,6 @@ import pytest
 
 from fleet.errors import ConfigError
 from fleet.events import Event, HostFinished, OpFinished, RunFinished, RunStarted
-from fleet.executor import MaxFail, RunOptions
 from fleet.models import (
     HostStatus,
     Mode,
@@ -23,6 +22,7 @@ from fleet.models import (
     Scope,
 )
 from fleet.ops import OpRegistry
+from fleet.options import MaxFail, RunOptions
 from fleet.pipelines import PipelineRegistry
 from fleet.runners import OpOutcome
 from tests.unit.fakes import Behaviour, FleetScript, make_executor, make_hosts, statuses

@@ -30,7 +30,6 @@ from fleet.config import load_inventory, parse_inventory
 from fleet.controller import ControllerOpRunner
 from fleet.errors import ConfigError
 from fleet.events import Event, OpStarted, RunFinished
-from fleet.executor import MaxFail, RunOptions
 from fleet.models import (
     ControllerSettings,
     HostStatus,
@@ -46,6 +45,7 @@ from fleet.models import (
     run_status_of,
 )
 from fleet.ops import OpRegistry
+from fleet.options import MaxFail, RunOptions
 from fleet.runners import OpOutcome
 from fleet.state import StateStore
 from tests.unit.fakes import Behaviour, FleetScript, make_executor, make_hosts

@@ -25,7 +25,6 @@ from fleet.events import (
     RunStarted,
     event_json,
 )
-from fleet.executor import MaxFail, RunOptions
 from fleet.models import (
     Host,
     HostResult,
@@ -36,6 +35,7 @@ from fleet.models import (
     Run,
     RunStatus,
 )
+from fleet.options import MaxFail, RunOptions
 from fleet.web.app import STATIC_DIR, WebSettings, create_app
 from fleet.web.auth import Authenticator, foreign_origin, load_token
 from fleet.web.handlers import parse_run_request
