@@ -18,9 +18,19 @@ from fleet.config import Inventory, load_inventory, select_hosts
 from fleet.errors import ConfigError
 from fleet.events import EventBus, Subscriber
 from fleet.executor import PipelineExecutor
-from fleet.models import Host, HostResult, HostStatus, Op, OpStatus, Pipeline, Run, Scope
+from fleet.models import (
+    Host,
+    HostResult,
+    HostStatus,
+    Op,
+    OpStatus,
+    Pipeline,
+    Run,
+    Scope,
+    new_run_id,
+)
 from fleet.options import RunOptions
-from fleet.state import StateStore, new_run_id
+from fleet.state import StateStore
 from fleet.transport.base import SessionFactory
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from fleet import models
 from fleet.controller import ControllerOpRunner
 from fleet.errors import ConfigError, FleetError, HostError
 from fleet.events import EventBus, OpNote, OpOutput, OpSlow, OpStarted, RunFinished, RunStarted
@@ -88,7 +89,7 @@ class PipelineExecutor:
         self.session_factory = session_factory
         self.bus = bus
         self.locks = locks
-        self.new_run_id = new_run_id or _default_run_id
+        self.new_run_id = new_run_id or models.new_run_id
         self.self_unit = controller_unit()
         self.runner_factory = runner_factory
         self.log_path = log_path
@@ -468,9 +469,3 @@ class PipelineExecutor:
                     await session.close()
 
         await asyncio.gather(*(close(s) for s in sessions))
-
-
-def _default_run_id() -> str:
-    import secrets
-
-    return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)

@@ -9,6 +9,7 @@ the tests agree on it by construction.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -182,6 +183,11 @@ class Pipeline:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: `20261126-003012-3f9a` (UTC, then 4 random hex)."""
+    return f"{utcnow():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 def iso(ts: datetime | None) -> str | None:

@@ -27,7 +27,7 @@ The modules, one concept each:
     store.py       StateStore: reads, host locks, ABORTED recovery, prune
     recorder.py    EventRecorder: executor events -> rows and log files
     logs.py        OpLogs: the ops' log files
-    rows.py        run ids, values as stored, rows -> Run / HostResult / OpResult
+    rows.py        values as stored, rows -> Run / HostResult / OpResult
     database.py    Database: opening, transactions, sqlite and OS errors -> StateError
     schema.py      the tables and their migration
     processes.py   Controller, process_alive: is a run's controller still there?
@@ -36,7 +36,7 @@ The modules, one concept each:
 from fleet.state.database import BUSY_TIMEOUT, DB_NAME
 from fleet.state.logs import CONTROLLER_LOGS
 from fleet.state.processes import Controller, process_alive, process_start_time
-from fleet.state.rows import TAIL_BYTES, new_run_id
+from fleet.state.rows import TAIL_BYTES
 from fleet.state.schema import SCHEMA_VERSION
 from fleet.state.store import StateStore
 
@@ -48,7 +48,6 @@ __all__ = [
     "TAIL_BYTES",
     "Controller",
     "StateStore",
-    "new_run_id",
     "process_alive",
     "process_start_time",
 ]

@@ -1,16 +1,23 @@
-"""Rows <-> models: run ids, values as SQLite stores them, and runs read back from the rows."""
+"""Rows <-> models: values as SQLite stores them, and runs read back from the rows."""
 
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet.models import HostResult, HostStatus, OpResult, OpStatus, Run, RunStatus, parse_iso
+from fleet.models import (
+    HostResult,
+    HostStatus,
+    OpResult,
+    OpStatus,
+    Run,
+    RunStatus,
+    parse_iso,
+)
 
 TAIL_BYTES = 8192  # the most of an op's output tail the store keeps
 CONTROLLER_HOST = ""  # the `host` of a controller op's row
@@ -22,11 +29,6 @@ _OP_COLUMNS = (
 )
 
 _Rows = list[Sequence[Any]]
-
-
-def new_run_id() -> str:
-    """A run id that sorts by start time: `20261126-003012-3f9a` (UTC, then 4 random hex)."""
-    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,11 +31,10 @@ from fleet.events import (
     RunFinished,
     RunStarted,
 )
-from fleet.models import HostResult, HostStatus, OpResult, OpStatus, Run, RunStatus
+from fleet.models import HostResult, HostStatus, OpResult, OpStatus, Run, RunStatus, new_run_id
 from fleet.state import (
     TAIL_BYTES,
     StateStore,
-    new_run_id,
     process_alive,
     process_start_time,
 )
