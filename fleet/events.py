@@ -122,7 +122,9 @@ def event_json(event: Event, *, full: bool) -> dict[str, Any] | None:
     - compact (`full=False`, the CLI's `--json` progress lines): flat; a run or a result cut to
       what a script acts on (statuses, exit code, `duration`, host counts, the run's op names).
     - full (`full=True`, the dashboard's stream): a run or a result whole, as its `to_json()`
-      under `run` or `result`, so a page can replace what it holds; `elapsed` in milliseconds.
+      under `run` or `result`, so a page can replace what it holds.
+
+    Both give `op_slow`'s `elapsed` in seconds, to the millisecond.
     """
     match event:
         case RunStarted(run=run):
@@ -144,8 +146,7 @@ def event_json(event: Event, *, full: bool) -> dict[str, Any] | None:
             started = {"attempt": event.attempt, "started_at": iso(event.started_at)}
             return _op_json("op_started", event, **status, **started)
         case OpSlow():
-            elapsed = round(event.elapsed, 3) if full else event.elapsed  # as measured
-            return _op_json("op_slow", event, elapsed=elapsed)
+            return _op_json("op_slow", event, elapsed=round(event.elapsed, 3))  # s, to the ms
         case OpNote():
             return _op_json("op_note", event, message=event.message)
         case OpFinished(result=result):

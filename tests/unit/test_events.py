@@ -114,10 +114,7 @@ def test_compact_and_full_agree_on_every_field_they_share(event: Event) -> None:
         theirs = full[key] if key in full else nested[key]
         if key == "hosts":  # compact: the names; full: each host's result
             theirs = list(theirs)
-        if key == "elapsed":  # the stream rounds to milliseconds
-            assert theirs == round(value, 3)
-        else:
-            assert value == theirs, key
+        assert value == theirs, key
 
 
 def test_compact_json_of_a_finished_op() -> None:
@@ -155,3 +152,18 @@ def test_the_cli_and_the_dashboard_write_what_event_json_returns(tmp_path: Path)
     assert out.getvalue() == "".join(lines)
     sent = [queue.get_nowait() for _ in range(queue.qsize())]
     assert sent == [sse(f) for f in full if f is not None]
+
+
+def test_op_slow_gives_seconds_to_the_millisecond_in_both_forms() -> None:
+    slow = OpSlow("R1", "alpha", "switch", 65.0001234)
+    assert (
+        event_json(slow, full=False)
+        == event_json(slow, full=True)
+        == {
+            "event": "op_slow",
+            "run_id": "R1",
+            "host": "alpha",
+            "op": "switch",
+            "elapsed": 65.0,
+        }
+    )
