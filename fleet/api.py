@@ -14,7 +14,7 @@ from pathlib import Path
 import platformdirs
 
 from fleet import ops
-from fleet.config import Inventory, load_inventory, select_hosts
+from fleet.config import Inventory, load_inventory
 from fleet.errors import ConfigError
 from fleet.events import EventBus, Subscriber
 from fleet.executor import PipelineExecutor
@@ -30,6 +30,7 @@ from fleet.models import (
     new_run_id,
 )
 from fleet.options import RunOptions
+from fleet.selection import select_hosts
 from fleet.state import StateStore
 from fleet.transport.base import SessionFactory
 
@@ -44,7 +45,8 @@ def state_dir_from(explicit: str | None, env: Mapping[str, str] = os.environ) ->
 
 
 def ssh_session_factory(inventory: Inventory) -> SessionFactory:
-    from fleet.transport.ssh import KnownHostsCache, SshSession
+    from fleet.transport.hostkeys import KnownHostsCache
+    from fleet.transport.ssh import SshSession
 
     known_hosts = KnownHostsCache()  # parsed once for all the hosts, not once per host
     return lambda host: SshSession(host, inventory.ssh, known_hosts=known_hosts)

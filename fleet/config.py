@@ -1,4 +1,4 @@
-"""fleet.toml -> Inventory: the schema, precedence and ~/.ssh/config.
+"""fleet.toml -> Inventory: finding, reading and validating the file, and precedence.
 
 Every value that can reach a remote shell, a path, a unit name or an SQL row is checked,
 before anything runs, against a conservative alphabet by fleet.validate (and is shell-quoted as
@@ -6,33 +6,31 @@ well). An error is one line naming the file, the table and the key:
 
     fleet.toml: hosts.alpha.branch: invalid git branch name '-x' (must not start with '-')
 
-How a host is dialled (user, port, identity files) comes from, in order: the host's table,
-then `[defaults]`, then ~/.ssh/config matched on the host's `address` (which may be an alias
-with HostName, User, Port, IdentityFile, ProxyJump), then fleet's built-in values.
+A host's settings come from its table, then `[defaults]`, then fleet's built-in values. The
+`[ssh]` table and how each host is dialled (user, port, identity files, where ~/.ssh/config
+comes before the built-ins) are read by fleet.dialling; choosing hosts is fleet.selection's.
 
 The validators (`check_*`, `InvalidValue`) live in fleet.validate; this module re-exports them.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypedDict, TypeVar
 
 import platformdirs
 
-from fleet.errors import ConfigError, HostSelectionError
+from fleet.dialling import SSH_KEYS, host_dialling, read_ssh_settings
+from fleet.errors import ConfigError
 from fleet.models import (
     ControllerSettings,
     Detach,
     Host,
-    HostKeyPolicy,
     Op,
     Pipeline,
     Scope,
@@ -40,7 +38,7 @@ from fleet.models import (
 )
 from fleet.ops import TUNABLE, OpRegistry
 from fleet.pipelines import PipelineRegistry
-from fleet.sshconfig import SshConfig, SshConfigEntry
+from fleet.sshconfig import SshConfig
 from fleet.validate import (
     InvalidValue,
     Table,
@@ -63,6 +61,7 @@ from fleet.validate import (
     check_tag,
     check_unit,
     check_user,
+    first_set,
     show,
 )
 
@@ -93,15 +92,12 @@ __all__ = [  # the validators are re-exported for callers that import them from 
     "find_config",
     "load_inventory",
     "parse_inventory",
-    "select_hosts",
 ]
 
 CONFIG_NAME = "fleet.toml"
 DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_RETRIES = 100
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -219,51 +215,9 @@ def _expand_home(path: Path, home: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Selecting hosts
-
-
-def select_hosts(inventory: Inventory, selector: str | None) -> list[Host]:
-    """Hosts matching a comma list of names, globs (`web-*`) and tags (`@eu`), in file order.
-
-    None selects every host. An item that matches nothing (an unknown name, a glob or tag
-    without hosts) is an error, so that a typo never silently deploys fewer hosts.
-    """
-    hosts = list(inventory.hosts.values())
-    if selector is None:
-        return hosts
-    items = [item.strip() for item in selector.split(",")]
-    if not any(items):
-        raise HostSelectionError("empty host selector (give names, globs or @tags)")
-    chosen: set[str] = set()
-    for item in items:
-        if not item:
-            raise HostSelectionError(f"empty item in host selector {show(selector)}")
-        if item.startswith("@"):
-            matched = {h.name for h in hosts if item[1:] in h.tags}
-            known = sorted({"@" + t for h in hosts for t in h.tags})
-            what = "tags"
-        else:
-            matched = {h.name for h in hosts if fnmatch.fnmatchcase(h.name, item)}
-            known, what = [h.name for h in hosts], "hosts"
-        if not matched:
-            raise HostSelectionError(f"no host matches {show(item)} ({what}: {_short_list(known)})")
-        chosen |= matched
-    return [h for h in hosts if h.name in chosen]
-
-
-def _short_list(names: Sequence[str], limit: int = 20) -> str:
-    if not names:
-        return "none"
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-# ---------------------------------------------------------------------------------------------
 # Building the inventory
 
 TOP_KEYS = ("ssh", "defaults", "controller", "hosts", "ops", "pipelines")
-SSH_KEYS = ("identity_file", "known_hosts", "host_key_policy", "connect_timeout",
-            "keepalive_interval")  # fmt: skip
 HOST_SETTINGS = ("user", "port", "repo", "remote", "branch", "sudo", "flake_attr",
                  "restart_units", "system_profile", "detach", "run_dir",
                  "identity_file")  # fmt: skip
@@ -278,7 +232,7 @@ def _build(
 ) -> Inventory:
     top = Table(file, (), data, TOP_KEYS)
     defaults = _Settings.read(top.table("defaults", HOST_SETTINGS))
-    ssh_settings = _ssh_settings(top.table("ssh", SSH_KEYS))
+    ssh_settings = read_ssh_settings(top.table("ssh", SSH_KEYS))
     controller = _controller(top.table("controller", CONTROLLER_KEYS), defaults, home)
     hosts_table = top.table("hosts", None)
     hosts: dict[str, Host] = {}
@@ -291,35 +245,19 @@ def _build(
     return Inventory(path, ssh_settings, controller, MappingProxyType(hosts), ops, pipelines)
 
 
-def _ssh_settings(t: Table) -> SshSettings:
-    default = SshSettings()
-    known_hosts = t.strings("known_hosts", check_local_path, single_ok=True)
-    if known_hosts == ():
-        raise t.error("known_hosts", "needs at least one file")
-    return SshSettings(
-        identity_file=t.string("identity_file", check_local_path),
-        known_hosts=default.known_hosts if known_hosts is None else known_hosts,
-        host_key_policy=_or(t.choice("host_key_policy", HostKeyPolicy), default.host_key_policy),
-        connect_timeout=_or(t.seconds("connect_timeout"), default.connect_timeout),
-        keepalive_interval=_or(
-            t.seconds("keepalive_interval", zero_ok=True), default.keepalive_interval
-        ),
-    )
-
-
 def _controller(t: Table, defaults: _Settings, home: str) -> ControllerSettings:
     d = ControllerSettings()
-    repo = _or(t.string("repo", check_local_path), d.repo)
+    repo = first_set(t.string("repo", check_local_path), d.repo)
     if repo == "~" or repo.startswith("~/"):
         repo = home + repo[1:]
     return ControllerSettings(
         repo=repo,
-        flake_input=_or(t.string("flake_input", check_flake_input), d.flake_input),
-        pr_ref=_or(t.string("pr_ref", check_pr_ref), d.pr_ref),
-        git_name=_or(t.string("git_name", check_git_name), d.git_name),
-        git_email=_or(t.string("git_email", check_git_email), d.git_email),
-        remote=_or(t.string("remote", check_remote), defaults.remote, d.remote),
-        branch=_or(t.string("branch", check_branch), defaults.branch, d.branch),
+        flake_input=first_set(t.string("flake_input", check_flake_input), d.flake_input),
+        pr_ref=first_set(t.string("pr_ref", check_pr_ref), d.pr_ref),
+        git_name=first_set(t.string("git_name", check_git_name), d.git_name),
+        git_email=first_set(t.string("git_email", check_git_email), d.git_email),
+        remote=first_set(t.string("remote", check_remote), defaults.remote, d.remote),
+        branch=first_set(t.string("branch", check_branch), defaults.branch, d.branch),
     )
 
 
@@ -365,7 +303,7 @@ def _host(
     if address is None:
         raise t.error(None, "missing required key 'address'")
     own = _Settings.read(t)
-    template = _or(own.flake_attr, defaults.flake_attr, "{name}")
+    template = first_set(own.flake_attr, defaults.flake_attr, "{name}")
     attr = template.replace("{name}", name)
     try:
         check_flake_attr(attr)
@@ -376,62 +314,16 @@ def _host(
         name=name,
         address=address,
         tags=tuple(dict.fromkeys(t.strings("tags", check_tag) or ())),
-        repo=_or(own.repo, defaults.repo, d.repo),
-        remote=_or(own.remote, defaults.remote, d.remote),
-        branch=_or(own.branch, defaults.branch, d.branch),
-        sudo=_or(own.sudo, defaults.sudo, d.sudo),
+        repo=first_set(own.repo, defaults.repo, d.repo),
+        remote=first_set(own.remote, defaults.remote, d.remote),
+        branch=first_set(own.branch, defaults.branch, d.branch),
+        sudo=first_set(own.sudo, defaults.sudo, d.sudo),
         flake_attr=attr,
-        restart_units=_or(own.restart_units, defaults.restart_units, d.restart_units),
-        system_profile=_or(own.system_profile, defaults.system_profile, d.system_profile),
-        detach=_or(own.detach, defaults.detach, d.detach),
-        run_dir=_or(own.run_dir, defaults.run_dir, d.run_dir),
-        **_dialling(t, address, own, defaults, ssh, ssh_config),
-    )
-
-
-class _Dialling(TypedDict):
-    hostname: str
-    user: str
-    port: int
-    identity_files: tuple[str, ...]
-    proxy_jump: str | None
-
-
-def _dialling(
-    t: Table,
-    address: str,
-    own: _Settings,
-    defaults: _Settings,
-    ssh: SshSettings,
-    ssh_config: SshConfig | None,
-) -> _Dialling:
-    """How a host is dialled: its table, then [defaults], then ~/.ssh/config, then built-ins."""
-    entry = ssh_config.resolve(address) if ssh_config else SshConfigEntry()
-
-    def checked(key: str, value: str, check: Callable[[str], None]) -> str:
-        try:
-            check(value)
-        except ValueError as exc:
-            where = f"{entry.source}, for {show(address)}"
-            raise t.error(key, f"{exc}, from ssh config ({where})") from None
-        return value
-
-    user = own.user or defaults.user
-    if user is None and entry.user is not None:
-        user = checked("user", entry.user, check_user)
-    identity = own.identity_file or defaults.identity_file
-    identity_files = [
-        *([identity] if identity else []),
-        *(checked("identity_file", f, check_local_path) for f in entry.identity_files),
-        *([ssh.identity_file] if ssh.identity_file else []),
-    ]
-    hostname, proxy = entry.hostname, entry.proxy_jump
-    return _Dialling(
-        hostname=checked("address", hostname, check_address) if hostname else address,
-        user=_or(user, "root"),
-        port=_or(own.port, defaults.port, entry.port, 22),
-        identity_files=tuple(dict.fromkeys(identity_files)),
-        proxy_jump=checked("address", proxy, check_proxy_jump) if proxy else None,
+        restart_units=first_set(own.restart_units, defaults.restart_units, d.restart_units),
+        system_profile=first_set(own.system_profile, defaults.system_profile, d.system_profile),
+        detach=first_set(own.detach, defaults.detach, d.detach),
+        run_dir=first_set(own.run_dir, defaults.run_dir, d.run_dir),
+        **host_dialling(t, address, own, defaults, ssh, ssh_config),
     )
 
 
@@ -469,11 +361,11 @@ def _user_op(op_id: str, t: Table) -> Op:
     d = Op(op_id, "")
     return Op(
         op_id,
-        description=_or(t.string("description", check_description), ""),
-        scope=_or(t.choice("scope", Scope), d.scope),
-        timeout=_or(t.seconds("timeout"), d.timeout),
+        description=first_set(t.string("description", check_description), ""),
+        scope=first_set(t.choice("scope", Scope), d.scope),
+        timeout=first_set(t.seconds("timeout"), d.timeout),
         warn_after=t.seconds("warn_after"),
-        retries=_or(t.integer("retries", 0, MAX_RETRIES), d.retries),
+        retries=first_set(t.integer("retries", 0, MAX_RETRIES), d.retries),
         command=command,
         builtin=False,
     )
@@ -489,15 +381,7 @@ def _pipelines(table: Table, ops: OpRegistry) -> PipelineRegistry:
         op_ids = t.strings("ops", check_op_id)
         if op_ids is None:
             raise t.error(None, "missing required key 'ops'")
-        description = _or(t.string("description", check_description), "")
+        description = first_set(t.string("description", check_description), "")
         with t.registry_errors():
             registry.register(Pipeline(pipeline_id, op_ids, description))
     return registry
-
-
-def _or(*values: T | None) -> T:
-    """The first value that is set (the last one is the built-in default)."""
-    for value in values:
-        if value is not None:
-            return value
-    raise AssertionError("no default given")

@@ -20,7 +20,8 @@ drives those hosts like real ones:
 Every host starts on generation 1, built from the first commit. Then a second commit, pushed
 to upstream while the hosts are behind, changes every host's configuration and breaks one
 (`BROKEN` in its configuration.nix): `pull` then `switch` succeeds everywhere but there, where
-the stub nixos-rebuild fails because of what the host pulled.
+the stub nixos-rebuild fails because of what the host pulled. The repositories and their two
+commits are made by fleet.demo_repos.
 
 Each host listens on its own address, 127.0.0.2, 127.0.0.3, ... when the system routes all of
 127/8 to loopback (Linux), else all on 127.0.0.1 with a port each (darwin). The server exits
@@ -42,7 +43,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +51,7 @@ from typing import Final
 
 import asyncssh
 
+from fleet.demo_repos import ROLES, seed_repositories
 from fleet.demo_server import HostSpec, ServerSpec, kill_marked
 from fleet.errors import ConfigError, FleetError
 
@@ -58,7 +59,6 @@ AUTO: Final = "auto"  # `break_host` default: break the middle host (none when t
 MAX_HOSTS: Final = 5000
 _READY_TIMEOUT = 30.0  # seconds, plus 50 ms per host
 _STOP_TIMEOUT = 15.0
-_ROLES = ("web", "db", "worker")
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ def start_demo(
     spec_path.write_text(spec.to_json())
     server = _ServerProcess.spawn(spec_path, workdir / "server.log", token)
     try:
-        repos = _seed_repositories(workdir, members, broken)  # while the server starts
+        checkouts = {m.name: m.repo for m in members}
+        repos = seed_repositories(workdir, checkouts, broken)  # while the server starts
         for member in members:
             _seed_state(member, repos.initial, delays.get(member.name))
         ports = server.wait_ready(_READY_TIMEOUT + 0.05 * n)
@@ -248,160 +249,6 @@ def _write_keys(directory: Path) -> Path:
     return identity
 
 
-# ---------------------------------------------------------------------------------------------
-# The configuration repository
-
-
-@dataclass(frozen=True)
-class _Repos:
-    upstream: Path
-    admin: Path
-    initial: str
-    release: str
-
-
-FLAKE_NIX = """\
-# The fleet demo's flake. The simulated hosts build nothing: their nixos-rebuild (a stub)
-# checks that this file exists and reads hosts/<name>/configuration.nix.
-{
-  description = "fleet demo: one NixOS configuration per host";
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
-  outputs = { self, nixpkgs }: {
-    nixosConfigurations = builtins.mapAttrs (name: _: nixpkgs.lib.nixosSystem {
-      system = "x86_64-linux";
-      modules = [ ./hosts/${name}/configuration.nix ];
-    }) (builtins.readDir ./hosts);
-  };
-}
-"""
-
-
-def configuration_nix(name: str, role: str, *, release: bool, broken: bool) -> str:
-    lines = [
-        "{ pkgs, ... }:",
-        "{",
-        f'  networking.hostName = "{name}";',
-        "  services.openssh.enable = true;",
-        f'  environment.etc."fleet-role".text = "{role}";',
-    ]
-    if release:
-        lines += [
-            "  services.prometheus.exporters.node.enable = true;",
-            "  environment.systemPackages = [ pkgs.htop ];",
-        ]
-    if broken:
-        lines.append("  networking.firewall.allowedTCPPorts = [ BROKEN ];  # undefined variable")
-    lines += ['  system.stateVersion = "24.05";', "}", ""]
-    return "\n".join(lines)
-
-
-def _write_configurations(
-    repo: Path, names: list[str], *, release: bool, broken: tuple[str, ...]
-) -> None:
-    (repo / "flake.nix").write_text(FLAKE_NIX)
-    for i, name in enumerate(names):
-        path = repo / "hosts" / name / "configuration.nix"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        role = _ROLES[i % len(_ROLES)]
-        path.write_text(configuration_nix(name, role, release=release, broken=name in broken))
-
-
-def _seed_repositories(workdir: Path, members: list[DemoHost], broken: tuple[str, ...]) -> _Repos:
-    """upstream.git and admin/ at the first commit, each host's checkout of it, then the
-    release commit pushed to upstream (the hosts are one commit behind)."""
-    names = [m.name for m in members]
-    upstream, admin = workdir / "upstream.git", workdir / "admin"
-    _git("init", "-q", "--bare", "-b", "main", str(upstream))
-    _git("init", "-q", "-b", "main", str(admin))
-    _write_configurations(admin, names, release=False, broken=())
-    _git("-C", str(admin), "add", "-A")
-    _git("-C", str(admin), "commit", "-q", "-m", "Initial configuration of the demo fleet")
-    _git("-C", str(admin), "remote", "add", "origin", str(upstream))
-    _git("-C", str(admin), "push", "-q", "-u", "origin", "main")
-    initial = _git("-C", str(admin), "rev-parse", "HEAD").strip()
-
-    _clone_checkouts(upstream, members)
-
-    _write_configurations(admin, names, release=True, broken=broken)
-    message = "Release 2: node exporter and htop everywhere"
-    if broken:
-        message += f"\n\nOpens a firewall port on {', '.join(broken)} (with a typo)."
-    _git("-C", str(admin), "commit", "-q", "-a", "-m", message)
-    _git("-C", str(admin), "push", "-q", "origin", "main")
-    release = _git("-C", str(admin), "rev-parse", "HEAD").strip()
-    return _Repos(upstream, admin, initial, release)
-
-
-def _clone_checkouts(upstream: Path, members: list[DemoHost]) -> None:
-    """Clone upstream for every host, in parallel, each a sparse checkout of its own directory
-    (the top-level files and hosts/<name>/): n full checkouts of n host directories would be
-    n² files."""
-    with tempfile.TemporaryDirectory(prefix="git-templates-", dir=upstream.parent) as tmp:
-        commands = []
-        for member in members:
-            template = Path(tmp) / member.name
-            (template / "info").mkdir(parents=True)
-            patterns = ["/*", "!/*/", "/hosts/", "!/hosts/*/", f"/hosts/{member.name}/"]
-            (template / "info" / "sparse-checkout").write_text("\n".join(patterns) + "\n")
-            commands.append(
-                ["git", "clone", "-q", "--shared", "-b", "main", f"--template={template}",
-                 "-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone=true",
-                 str(upstream), str(member.repo)]
-            )  # fmt: skip
-        _run_parallel(commands, jobs=max(2, os.cpu_count() or 1))
-
-
-def _git_environment() -> dict[str, str]:
-    return {
-        **os.environ,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,  # no signing, hooks or templates of the user's
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_AUTHOR_NAME": "fleet demo",
-        "GIT_AUTHOR_EMAIL": "demo@fleet.invalid",
-        "GIT_COMMITTER_NAME": "fleet demo",
-        "GIT_COMMITTER_EMAIL": "demo@fleet.invalid",
-    }
-
-
-def _git_failed(argv: list[str], stderr: str) -> FleetError:
-    subcommand = next(a for a in argv[1:] if not a.startswith("-") and "/" not in a)
-    detail = (stderr.strip().splitlines() or ["no output"])[-1]
-    return FleetError(f"demo: git {subcommand} failed: {detail}")
-
-
-def _git(*args: str) -> str:
-    argv = ["git", *args]
-    env = _git_environment()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise _git_failed(argv, result.stderr)
-    return result.stdout
-
-
-def _run_parallel(commands: list[list[str]], jobs: int) -> None:
-    """Run git commands, `jobs` at a time; the first failure stops the rest."""
-    env = _git_environment()
-    pending = list(reversed(commands))
-    running: list[tuple[list[str], subprocess.Popen[str]]] = []
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                argv = pending.pop()
-                proc = subprocess.Popen(
-                    argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-                )
-                running.append((argv, proc))
-            argv, proc = running.pop(0)
-            _, stderr = proc.communicate()
-            if proc.returncode != 0:
-                raise _git_failed(argv, stderr)
-    finally:
-        for _, proc in running:
-            proc.kill()
-            proc.communicate()
-
-
 def _seed_state(member: DemoHost, commit: str, switch_delay: float | None) -> None:
     """Generation 1, built from `commit`, as the stub nixos-rebuild would have left it."""
     generation = member.state_dir / "generations" / "1"
@@ -459,7 +306,7 @@ def render_config(fleet: DemoFleet) -> str:
             f"[hosts.{m.name}]",
             f"address = {_toml(m.address)}",
             f"port = {m.port}",
-            f"tags = {_toml(['demo', _ROLES[i % len(_ROLES)]])}",
+            f"tags = {_toml(['demo', ROLES[i % len(ROLES)]])}",
             f"repo = {_toml(str(m.repo))}",
             f"system_profile = {_toml(str(m.system_profile))}",
             f"run_dir = {_toml(str(m.run_dir))}",

@@ -7,6 +7,9 @@ file, the table and the key:
 
     fleet.toml: hosts.alpha.branch: invalid git branch name '-x' (must not start with '-')
 
+`Table`'s readers return None for an absent key, and `first_set` takes the first value set:
+that is how precedence (a host's table, then `[defaults]`, then a built-in value) is written.
+
 The validators (`check_*`) raise `InvalidValue` (a ValueError) with a one-line reason; they
 are public so that the CLI can check values given on the command line the same way.
 """
@@ -30,6 +33,7 @@ from fleet.models import is_valid_name
 MAX_SECONDS = 7 * 24 * 3600.0
 
 E = TypeVar("E", bound=StrEnum)
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +183,14 @@ class Table:
             check(value)
         except ValueError as exc:
             raise self.error(key, str(exc), index) from None
+
+
+def first_set(*values: T | None) -> T:
+    """The first value that is set (the last one is the built-in default)."""
+    for value in values:
+        if value is not None:
+            return value
+    raise AssertionError("no default given")
 
 
 def _expected(what: str, value: object) -> str:

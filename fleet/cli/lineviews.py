@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from fleet.cli.tables import (
-    CONTROLLER,
+from fleet.cli.tables import CONTROLLER, counts_text, describe_result
+from fleet.cli.text import (
     color_enabled,
-    counts_text,
-    describe_result,
     encodable,
     format_duration,
     one_line,

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from fleet.cli.tables import (
+from fleet.cli.tables import CONTROLLER, host_duration, status_counts
+from fleet.cli.text import (
     BOLD,
-    CONTROLLER,
     DIM,
     Styled,
     color_enabled,
@@ -21,10 +21,8 @@ from fleet.cli.tables import (
     fit,
     format_clock,
     format_duration,
-    host_duration,
     pad,
     seconds_between,
-    status_counts,
     status_style,
 )
 from fleet.events import (

@@ -2,10 +2,10 @@
 
 The connection never reads ~/.ssh/config (config.py resolves it), never prompts (public keys
 only: the ssh-agent and the identity files), always checks host keys against fleet's
-known_hosts files under its policy (`_HostKeyCheck`), and reaches hosts behind a ProxyJump
-through asyncssh tunnels. Commands run in the persistent shell (`ShellSession`); kills go over
-a new channel of the same connection. This is the only module of fleet that imports asyncssh
-(besides the simulated fleet of demo.py).
+known_hosts files under its policy (`HostKeyCheck`, in hostkeys.py), and reaches hosts behind a
+ProxyJump through asyncssh tunnels. Commands run in the persistent shell (`ShellSession`); kills
+go over a new channel of the same connection. This module and hostkeys.py are the only ones of
+fleet that import asyncssh (besides the simulated fleet: demo.py and demo_server.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import getpass
 import os
 import resource
-import shlex
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from pathlib import Path
 import asyncssh
 
 from fleet.errors import ConnectError, HostKeyError
-from fleet.models import Host, HostKeyPolicy, SshSettings
+from fleet.models import Host, SshSettings
+from fleet.transport.hostkeys import HostKeyCheck, KnownHostsCache, known_hosts_name
 from fleet.transport.shell import CLOSE_TIMEOUT, ShellSession, ShellStream, StreamClosed
 
 SHELL_COMMAND = "exec sh"  # the persistent shell, started by the user's login shell
@@ -70,7 +70,7 @@ class Hop:
     @property
     def label(self) -> str:
         """The host as known_hosts names it: `host`, or `[host]:port` off port 22."""
-        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+        return known_hosts_name(self.hostname, self.port)
 
     @classmethod
     def parse(cls, spec: str, *, default_user: str) -> Hop:
@@ -102,142 +102,11 @@ def hops_of(host: Host) -> list[Hop]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Host keys
-
-
-class KnownHostsCache:
-    """fleet's known_hosts files, parsed once for all the hosts of a run (not once per host:
-    that is n parses of n lines), and parsed again when a file changes (accept-new)."""
-
-    def __init__(self) -> None:
-        self._parsed: dict[tuple[Path, ...], tuple[object, asyncssh.SSHKnownHosts]] = {}
-
-    def load(self, paths: list[Path]) -> asyncssh.SSHKnownHosts:
-        key = tuple(paths)
-        stamp = tuple(_stamp(path) for path in paths)
-        cached = self._parsed.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        known = asyncssh.SSHKnownHosts()
-        for path in paths:
-            for line in _read_lines(path):
-                with contextlib.suppress(ValueError):  # OpenSSH skips lines it cannot parse
-                    known.load(line)
-        self._parsed[key] = (stamp, known)
-        return known
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-class _HostKeyCheck:
-    """Checks a server's host key against fleet's known_hosts files, under its policy.
-
-    asyncssh matches the files' keys itself (hashed names, patterns, @revoked, CA keys) and
-    asks `validate` only about a key that none of them trusts; `validate` then tells an
-    unknown host (no key recorded: accepted under accept-new) from a changed key (a key is
-    recorded for the host, but not this one: always refused) and leaves the error to raise.
-    """
-
-    def __init__(
-        self, host_name: str, settings: SshSettings, known_hosts: KnownHostsCache | None = None
-    ) -> None:
-        self._host_name = host_name
-        self._policy = settings.host_key_policy
-        self._shown = settings.known_hosts
-        self._paths = [Path(p).expanduser() for p in settings.known_hosts]
-        self.known = (known_hosts or KnownHostsCache()).load(self._paths)
-        self.error: HostKeyError | None = None
-
-    def validate(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        hop = Hop("", host, port)
-        recorded = self._recorded_lines(host, addr, port)
-        server_key = f"{key.get_algorithm()} {key.get_fingerprint()}"
-        if recorded:
-            path, number = recorded[0]
-            self.error = HostKeyError(
-                self._host_name,
-                f"host key mismatch for {hop.label}: the key differs from {path}:{number} — "
-                "possible man-in-the-middle; if the host was reinstalled, remove the old key "
-                f"with: ssh-keygen -R {shlex.quote(hop.label)} -f {shlex.quote(str(path))} "
-                f"(server key: {server_key})",
-                changed=True,
-            )
-            return False
-        if self._policy is not HostKeyPolicy.ACCEPT_NEW or not self._paths:
-            files = ", ".join(self._shown) or "any file"
-            self.error = HostKeyError(
-                self._host_name,
-                f"unknown host key for {hop.label} (not in {files}); add it to known_hosts or "
-                f'use host_key_policy = "accept-new" (server key: {server_key})',
-                changed=False,
-            )
-            return False
-        try:
-            self._record(hop.label, key)
-        except OSError as exc:
-            self.error = HostKeyError(
-                self._host_name,
-                f"cannot record the host key of {hop.label} in {self._paths[0]}: "
-                f"{exc.strerror or exc}",
-                changed=False,
-            )
-            return False
-        return True
-
-    def _recorded_lines(self, host: str, addr: str, port: int) -> list[tuple[Path, int]]:
-        """Where a plain key for this host is recorded (as asyncssh matches: by name or
-        address, hashed or not, `[host]:port` first, else without the port)."""
-        found = []
-        for path in self._paths:
-            for number, line in enumerate(_read_lines(path), 1):
-                try:
-                    entry = asyncssh.import_known_hosts(line)
-                except ValueError:
-                    continue
-                if entry.match(host, addr, port if port != 22 else None)[0]:
-                    found.append((path, number))
-        return found
-
-    def _record(self, label: str, key: asyncssh.SSHKey) -> None:
-        """Append `label keytype base64` to the first known_hosts file (0600, dir 0700)."""
-        path = self._paths[0]
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        algorithm, data = key.export_public_key("openssh").decode().split()[:2]
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "r+b") as file:
-            size = file.seek(0, os.SEEK_END)
-            if size:
-                file.seek(size - 1)
-                newline = file.read(1) != b"\n"
-            else:
-                newline = False
-            file.write(b"\n" * newline + f"{label} {algorithm} {data}\n".encode())
-
-
-def _read_lines(path: Path) -> list[str]:
-    """A known_hosts file's lines (line numbers kept), [] when it is missing or unreadable."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return [
-        line if line.strip() and not line.lstrip().startswith("#") else ""
-        for line in text.splitlines()
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
 # The connection
 
 
 class _Client(asyncssh.SSHClient):
-    def __init__(self, check: _HostKeyCheck, on_lost: Callable[[_Client, str], None]) -> None:
+    def __init__(self, check: HostKeyCheck, on_lost: Callable[[_Client, str], None]) -> None:
         self.check = check
         self._on_lost = on_lost
 
@@ -330,7 +199,7 @@ class SshSession(ShellSession):
     async def _connect_hop(
         self, hop: Hop, *, jump: bool
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:
-        check = _HostKeyCheck(self.host.name, self._ssh, self._known_hosts)
+        check = HostKeyCheck(self.host.name, self._ssh, self._known_hosts)
         client = _Client(check, self._client_lost)
         keys = self._identity_files()
         tunnel = self._connections[-1][0] if self._connections else None
@@ -369,7 +238,7 @@ class SshSession(ShellSession):
             files.append(self._ssh.identity_file)
         return [Path(f).expanduser() for f in files]
 
-    def _connect_error(self, exc: Exception, hop: Hop, check: _HostKeyCheck) -> ConnectError:
+    def _connect_error(self, exc: Exception, hop: Hop, check: HostKeyCheck) -> ConnectError:
         name = self.host.name
         if isinstance(exc, asyncssh.HostKeyNotVerifiable):
             return check.error or HostKeyError(

@@ -12,8 +12,8 @@ import pytest
 
 from fleet.cli.lineviews import MAX_OUTPUT_LINE, JsonProgress, PlainView
 from fleet.cli.liveview import LiveView
-from fleet.cli.tables import (
-    TAIL_LINES,
+from fleet.cli.tables import TAIL_LINES, render_summary, render_table
+from fleet.cli.text import (
     Styled,
     cell_width,
     color_enabled,
@@ -21,8 +21,6 @@ from fleet.cli.tables import (
     format_duration,
     one_line,
     output_line,
-    render_summary,
-    render_table,
     sanitize,
     truncate,
 )
