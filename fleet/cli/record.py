@@ -15,6 +15,7 @@ import click
 
 from fleet.cli.context import AppContext, pass_app
 from fleet.cli.run import tail_reader
+from fleet.cli.tables import CONTROLLER
 from fleet.errors import ConfigError
 from fleet.models import Run, RunStatus
 
@@ -87,7 +88,7 @@ def logs_cmd(
         run = store.get_run(rid)
         printed = False
         for who, op_id in _log_keys(run, host, op):
-            path = store.log_path(rid, None if who == "controller" else who, op_id)
+            path = store.log_path(rid, None if who == CONTROLLER else who, op_id)
             printed |= _print_new(out, path, offsets, (who, op_id), header=not (host and op))
         if not follow or run.status is not RunStatus.RUNNING:
             if not offsets and not printed and not follow:
@@ -102,12 +103,12 @@ def logs_cmd(
 
 
 def _log_keys(run: Run, host: str | None, op: str | None) -> Iterator[tuple[str, str]]:
-    if host is not None and host != "controller" and host not in run.hosts:
+    if host is not None and host != CONTROLLER and host not in run.hosts:
         raise ConfigError(f"run {run.run_id} has no host {host!r}")
-    if host in (None, "controller"):
+    if host in (None, CONTROLLER):
         for r in run.controller_ops:
             if op in (None, r.op):
-                yield "controller", r.op
+                yield CONTROLLER, r.op
     for name, result in run.hosts.items():
         if host in (None, name):
             for r in result.ops:

@@ -15,6 +15,7 @@ import click
 
 from fleet.api import Fleet, PlannedRun
 from fleet.cli.context import EXIT_CANCELLED, AppContext, pass_app
+from fleet.cli.tables import CONTROLLER
 from fleet.errors import FleetError
 from fleet.events import Subscriber
 from fleet.models import Mode, Run, RunStatus, Scope
@@ -233,9 +234,7 @@ def show_dry_run(fleet: Fleet, plan: PlannedRun, *, as_json: bool) -> None:
 def tail_reader(store: StateStore, run: Run) -> Callable[[str, str], str]:
     def read_tail(host: str, op: str) -> str:
         try:
-            data = store.read_log(
-                run.run_id, None if host == "controller" else host, op, last=65536
-            )
+            data = store.read_log(run.run_id, None if host == CONTROLLER else host, op, last=65536)
         except (FleetError, OSError):
             return ""
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-20:])

@@ -239,8 +239,8 @@ def render_summary(
         blocks.append(f"controller: {ops}")
     for result in run.controller_ops:
         if result.status.failed:
-            tail = _read_tail("controller", result, read_tail)
-            blocks.append("\n".join(_tail_block("controller", result, tail, color)))
+            tail = _read_tail(CONTROLLER, result, read_tail)
+            blocks.append("\n".join(_tail_block(CONTROLLER, result, tail, color)))
     for name, host in run.hosts.items():
         failed = failing_op(host) if host.status is HostStatus.FAILED else None
         if failed is not None:
