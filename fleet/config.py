@@ -11,6 +11,7 @@ A host's settings come from its table, then `[defaults]`, then fleet's built-in 
 comes before the built-ins) are read by fleet.dialling; choosing hosts is fleet.selection's.
 
 The validators (`check_*`, `InvalidValue`) live in fleet.validate; this module re-exports them.
+Each TOML table is read through fleet.toml_table's `Table`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from fleet.models import (
 from fleet.ops import TUNABLE, OpRegistry
 from fleet.pipelines import PipelineRegistry
 from fleet.sshconfig import SshConfig
+from fleet.toml_table import Table, first_set
 from fleet.validate import (
     InvalidValue,
-    Table,
     check_address,
     check_branch,
     check_command,
@@ -61,7 +62,6 @@ from fleet.validate import (
     check_tag,
     check_unit,
     check_user,
-    first_set,
     show,
 )
 

@@ -13,13 +13,12 @@ from typing import Protocol, TypedDict
 
 from fleet.models import HostKeyPolicy, SshSettings
 from fleet.sshconfig import SshConfig, SshConfigEntry
+from fleet.toml_table import Table, first_set
 from fleet.validate import (
-    Table,
     check_address,
     check_local_path,
     check_proxy_jump,
     check_user,
-    first_set,
     show,
 )
 
