@@ -40,15 +40,19 @@ class OpLogs:
 
     def path(self, run_id: str, host: str | None, op: str) -> Path:
         """Where an op's output is kept; `host` None (or "") for a controller op."""
-        key = (run_id, host or None, op)
-        known = self._paths.get(key)
-        if known is not None:
-            return known
         for kind, name in (("run id", run_id), ("host", host or CONTROLLER_LOGS), ("op", op)):
             if not is_valid_name(name):
                 raise StateError(f"invalid {kind} {name!r}: not a log name")
-        path = self._paths[key] = self.dir / run_id / (host or CONTROLLER_LOGS) / f"{op}.log"
-        return path
+        return self.dir / run_id / (host or CONTROLLER_LOGS) / f"{op}.log"
+
+    def _run_path(self, run_id: str, host: str | None, op: str) -> Path:
+        """`path`, remembered for a run this process records (forgotten with `forget_run`;
+        readers of other runs' logs use `path`, so that nothing piles up)."""
+        key = (run_id, host or None, op)
+        known = self._paths.get(key)
+        if known is None:
+            known = self._paths[key] = self.path(run_id, host, op)
+        return known
 
     def read(self, run_id: str, host: str | None, op: str, last: int | None) -> bytes | None:
         """An op's output (only its `last` bytes if given); None when it has no log file."""
@@ -69,16 +73,16 @@ class OpLogs:
         if result.log:  # (an absolute `log` stays as it is)
             return os.path.join(self._state_dir_str, result.log)
         if (run_id, host or None, result.op) in self._written:
-            return str(self.path(run_id, host, result.op))
+            return str(self._run_path(run_id, host, result.op))
         if result.status is OpStatus.PENDING:  # not begun, and nothing noted: no output yet
             return None
-        path = self.path(run_id, host, result.op)
+        path = self._run_path(run_id, host, result.op)
         return str(path) if path.exists() else None
 
     def open(self, key: LogKey) -> None:
         if key in self._open:  # a retry: its attempts share one log
             return
-        path = self.path(*key)
+        path = self._run_path(*key)
         try:
             self._open[key] = self._open_file(path)
         except OSError as exc:
@@ -103,7 +107,7 @@ class OpLogs:
                 log.write(data)
                 log.flush()  # readers in other processes (dashboard, `fleet logs -f`) see it now
                 return
-            path = self.path(*key)  # a note before the op started or after it finished
+            path = self._run_path(*key)  # a note before the op started or after it finished
             with self._open_file(path) as once:
                 once.write(data)
         except OSError as exc:

@@ -813,6 +813,10 @@ def test_op_logs_remember_what_they_wrote_and_forget_a_finished_run(
     pulled = OpResult("pull", OpStatus.SUCCESS)
     assert logs.ref("r1", "web1", pulled) is None  # looked up again: it is gone
 
+    for n in range(200):  # the dashboard reading old runs' logs keeps nothing of them
+        assert logs.read(f"old-{n}", "web1", "pull", None) is None
+    assert logs._paths == {}
+
 
 def test_the_end_of_a_run_rewrites_only_hosts_whose_result_changed(
     store: StateStore, mocker: MockerFixture
