@@ -76,7 +76,7 @@ class OpLogs:
             return str(self._run_path(run_id, host, result.op))
         if result.status is OpStatus.PENDING:  # not begun, and nothing noted: no output yet
             return None
-        path = self._run_path(run_id, host, result.op)
+        path = self.path(run_id, host, result.op)
         return str(path) if path.exists() else None
 
     def open(self, key: LogKey) -> None:
