@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.integration.harness import descendants
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -42,28 +44,9 @@ def machine_busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS  # less idle and iowait
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
 def tree_pids(root: int) -> list[int]:
-    children = _children_map()
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
+    """`root` and every process below it."""
+    return [root, *descendants(root)]
 
 
 def pss_kb(pid: int) -> int:

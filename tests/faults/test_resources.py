@@ -21,6 +21,7 @@ from fleet.demo import start_demo
 from fleet.models import RunStatus
 from fleet.options import RunOptions
 from fleet.state import StateStore
+from tests.integration.harness import descendants, parents
 
 HOSTS = 200
 RUNS = 10
@@ -35,29 +36,6 @@ class Usage:
     children: int  # processes whose parent is this one
     host_processes: int  # processes the simulated hosts run for their sessions
     rss_kb: int
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
-
-
-def descendants(pid: int) -> set[int]:
-    parents = _parents()
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def usage(server_pid: int) -> Usage:
@@ -76,7 +54,7 @@ def usage(server_pid: int) -> Usage:
         sockets=sockets,
         tasks=len(asyncio.all_tasks()),
         threads=threading.active_count(),
-        children=sum(parent == os.getpid() for parent in _parents().values()),
+        children=sum(parent == os.getpid() for parent in parents().values()),
         host_processes=len(descendants(server_pid)),
         rss_kb=rss,
     )

@@ -18,8 +18,11 @@ from tests.integration.harness import (
     SshdHost,
     StubState,
     TestFleet,
+    descendants,
     git,
     is_alive,
+    kill_and_wait,
+    parents,
     wait_until,
 )
 
@@ -421,3 +424,19 @@ def test_write_config(fleet3: TestFleet) -> None:
     assert list(config["hosts"]) == ["host1", "ghost"]
     assert config["hosts"]["host1"]["sudo"] is True
     assert config["ops"]["hello"]["command"] == "echo hello"
+
+
+def test_descendants_finds_the_whole_tree_below_a_process() -> None:
+    """The /proc walk the fault tests and the benchmark share: children of children too."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 30 & sh -c 'sleep 30 & wait' & wait"])
+    try:
+        wait_until(lambda: len(descendants(proc.pid)) == 3, what="sh's three descendants")
+        below = descendants(proc.pid)
+        assert proc.pid not in below
+        family = parents()
+        assert sum(family[pid] == proc.pid for pid in below) == 2  # a sleep and the inner sh
+        names = sorted(Path(f"/proc/{pid}/comm").read_text().strip() for pid in below)
+        assert names == ["sh", "sleep", "sleep"]
+    finally:
+        kill_and_wait([proc.pid, *descendants(proc.pid)])
+        proc.wait()

@@ -40,8 +40,10 @@ from tests.integration.harness.fleet import FLEET_COMMAND, FleetFactory, TestFle
 from tests.integration.harness.git import FLAKE_NIX, git, git_env, host_configuration
 from tests.integration.harness.processes import (
     HarnessError,
+    descendants,
     is_alive,
     kill_and_wait,
+    parents,
     pids_with_env,
     pids_with_sockets,
     signal_pids,
@@ -74,6 +76,7 @@ __all__ = [
     "StubState",
     "TestFleet",
     "TomlValue",
+    "descendants",
     "free_port",
     "git",
     "git_env",
@@ -82,6 +85,7 @@ __all__ = [
     "kill_and_wait",
     "missing_requirements",
     "openssh_version",
+    "parents",
     "pids_with_env",
     "pids_with_sockets",
     "signal_pids",

@@ -75,6 +75,33 @@ def is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def parents() -> dict[int, int]:
+    """Each process's parent pid, from /proc/PID/stat (the field after the command's `)`)."""
+    found = {}
+    for pid in _pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        found[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below `pid`: its children, theirs, and so on (not `pid` itself)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in parents().items():
+        children.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        if child not in found:
+            found.add(child)
+            todo.extend(children.get(child, ()))
+    return found
+
+
 def pids_with_env(entries: Iterable[str]) -> list[int]:
     """Processes whose initial environment holds one of `entries` ("NAME=value")."""
     wanted = {e.encode() for e in entries}
