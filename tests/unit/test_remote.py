@@ -78,8 +78,9 @@ def test_wrapped_command_runs_in_sh_and_reports_markers() -> None:
 
 
 def test_the_script_runs_in_the_group_leader_with_sh_c_semantics() -> None:
-    """No process between the leader and the script: `$$` is the pgid the Begin marker gave,
-    and the script sees `sh -c SCRIPT`'s `$0` and no arguments."""
+    """The script runs as the group leader (`$$` is the pgid the Begin marker gave) and sees
+    `sh -c SCRIPT`'s `$0` and no arguments. (An `exec sh -c` in between would keep the pid
+    too: that the leader runs the script itself is pinned by the exact line above.)"""
     shell = subprocess.run(
         ["sh"],
         input=remote.wrap_command('echo "$$ $0 $#"; cut -d" " -f5 /proc/$$/stat', TOKEN).encode(),
