@@ -27,7 +27,7 @@ from tests.faults.conftest import (
     run_json,
     user_ops,
 )
-from tests.integration.harness import FleetFactory, SshdHost, TestFleet, wait_until
+from tests.integration.harness import FleetFactory, HarnessError, SshdHost, TestFleet, wait_until
 from tests.web.server import DashboardServer, write_token
 
 Mount = Callable[[str], Path]
@@ -59,6 +59,19 @@ def tmpfs(tmp_path: Path) -> Iterator[Mount]:
 
 def no_commands(host: SshdHost) -> bool:
     return host.stub_pids() == []
+
+
+def wait_commands_killed(host: SshdHost, timeout: float = 10) -> None:
+    """Wait until nothing runs in `host`'s sessions; on a timeout, say what still runs."""
+    try:
+        wait_until(partial(no_commands, host), timeout, f"{host.name}'s commands to be killed")
+    except HarnessError as exc:
+        left = []
+        for pid in host.stub_pids():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                left.append(f"{pid}: {argv.decode(errors='replace')[:200]}")
+        raise HarnessError(f"{exc}; still running: {'; '.join(left) or 'nothing'}") from None
 
 
 def remount(path: Path, mode: str) -> None:
@@ -133,7 +146,7 @@ def test_state_directory_filling_up_during_a_run(fleet_factory: FleetFactory, tm
     assert_clean_error(proc, str(state), "full")
     # the run stopped: the commands it had started on the hosts were killed
     for host in fleet.hosts.values():
-        wait_until(partial(no_commands, host), 10, f"{host.name}'s commands to be killed")
+        wait_commands_killed(host)
 
     for log in state.glob("logs/*/*/*.log"):  # make room again
         log.unlink()
@@ -194,7 +207,7 @@ def stop_a_run_on_a_full_store_then_make_room(
         wait_until(lambda: f"run {run_id} stopped: " in server.stderr(), 30, "the run to stop")
         assert f"state directory {state} is full" in server.stderr()
         for host in server.fleet.hosts.values():  # the run stopped: its commands were killed
-            wait_until(partial(no_commands, host), 10, f"{host.name}'s commands to be killed")
+            wait_commands_killed(host)
         # it cannot be recorded yet; it is not cancellable (the service never signals itself)
         cancel = server.post(f"/api/runs/{run_id}/cancel")
         assert cancel.status == 409, cancel.text
