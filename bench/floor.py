@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
+from fleet.transport._asyncssh import asyncssh
 
 if TYPE_CHECKING:  # fleet is imported only for --commands fleet: the bare floor stays bare
     from fleet.models import Host as FleetHost

@@ -49,11 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import asyncssh
-
 from fleet.demo_repos import ROLES, seed_repositories
 from fleet.demo_server import HostSpec, ServerSpec, kill_marked
 from fleet.errors import ConfigError, FleetError
+from fleet.transport._asyncssh import asyncssh
 
 AUTO: Final = "auto"  # `break_host` default: break the middle host (none when there is one)
 MAX_HOSTS: Final = 5000

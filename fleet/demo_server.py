@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
+from fleet.transport._asyncssh import asyncssh
 
 TOKEN_VAR = "FLEET_DEMO_SERVER"
 _PASSED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")

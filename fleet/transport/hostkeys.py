@@ -13,10 +13,9 @@ import os
 import shlex
 from pathlib import Path
 
-import asyncssh
-
 from fleet.errors import HostKeyError
 from fleet.models import HostKeyPolicy, SshSettings
+from fleet.transport._asyncssh import asyncssh
 
 
 def known_hosts_name(hostname: str, port: int) -> str:

@@ -5,7 +5,8 @@ only: the ssh-agent and the identity files), always checks host keys against fle
 known_hosts files under its policy (`HostKeyCheck`, in hostkeys.py), and reaches hosts behind a
 ProxyJump through asyncssh tunnels. Commands run in the persistent shell (`ShellSession`); kills
 go over a new channel of the same connection. This module and hostkeys.py are the only ones of
-fleet that import asyncssh (besides the simulated fleet: demo.py and demo_server.py).
+fleet that use asyncssh (besides the simulated fleet: demo.py and demo_server.py); they import
+it from _asyncssh.py, which silences its import-time cryptography deprecation warning.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
 from fleet.errors import ConnectError, HostKeyError
 from fleet.models import Host, SshSettings
+from fleet.transport._asyncssh import asyncssh
 from fleet.transport.hostkeys import HostKeyCheck, KnownHostsCache, known_hosts_name
 from fleet.transport.shell import CLOSE_TIMEOUT, ShellSession, ShellStream, StreamClosed
 

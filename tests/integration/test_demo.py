@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import asyncssh
 import pytest
 
 from fleet.config import load_inventory
 from fleet.demo import DemoFleet, DemoHost, start_demo
 from fleet.errors import ConfigError
 from fleet.models import Detach, HostKeyPolicy
+from fleet.transport._asyncssh import asyncssh
 
 T = TypeVar("T")
 
