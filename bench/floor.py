@@ -15,8 +15,9 @@ host run its three commands back to back. Prints one JSON line: the hosts that f
 
 `--commands fleet` (with --config, shell strategy only) sends, instead of the bare commands,
 exactly what fleet's session sends to a host: the ready line that takes the host lock, and each
-op's own script (fleet.ops, fleet.detach) in fleet's process-group wrapper (fleet.remote). The
-host-side work is then fleet's, and what is left between this and fleet is the controller's.
+op's own script (fleet.ops.builtin, fleet.ops.detach) in fleet's process-group wrapper
+(fleet.transport.protocol). The host-side work is then fleet's, and what is left between this
+and fleet is the controller's.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def commands(host: dict[str, Any]) -> list[str]:
 
 def fleet_commands(host: FleetHost, run_id: str) -> list[str]:
     """fleet's own scripts for pull, switch and test (as its runners render them)."""
-    from fleet import detach, ops
+    from fleet.ops import builtin as ops
+    from fleet.ops import detach
 
     directory = detach.run_directory(host, run_id, "switch", 1)
     switch = detach.run_script(
@@ -95,15 +97,15 @@ class Host:
         if strategy == "shell" and self.fleet_host is None:
             self.shell = await self.conn.create_process("sh", encoding=None, stderr=asyncssh.STDOUT)
         elif strategy == "shell":
-            from fleet import remote
+            from fleet.transport import protocol
 
             assert self.fleet_host is not None
             self.shell = await self.conn.create_process(
                 "exec sh", encoding=None, stderr=asyncssh.STDOUT
             )
             path = f"{self.fleet_host.run_dir.rstrip('/')}/fleet.lock"
-            lock = remote.HostLock(path, "the floor script", self.token[:16])
-            self.shell.stdin.write(remote.ready_command(self.token, lock).encode())
+            lock = protocol.HostLock(path, "the floor script", self.token[:16])
+            self.shell.stdin.write(protocol.ready_command(self.token, lock).encode())
             await self.marker()
 
     async def run(self, command: str, strategy: str) -> int:
@@ -115,9 +117,9 @@ class Host:
             return result.exit_status if result.exit_status is not None else -1
         assert self.shell is not None
         if self.fleet_host is not None:
-            from fleet import remote
+            from fleet.transport import protocol
 
-            self.shell.stdin.write(remote.wrap_command(command, self.token).encode())
+            self.shell.stdin.write(protocol.wrap_command(command, self.token).encode())
             return await self.marker()
         self.shell.stdin.write(f"{command} 2>&1; printf '\\036%d\\n' $?\n".encode())
         while (i := self.buffer.find(MARK)) < 0 or b"\n" not in self.buffer[i:]:
@@ -158,7 +160,7 @@ async def main_async(args: argparse.Namespace) -> int:
     data = json.loads(Path(args.hosts).read_text())  # noqa: ASYNC240 (before anything runs)
     inventory = None
     if args.commands == "fleet":
-        from fleet.config import load_inventory
+        from fleet.config.inventory import load_inventory
 
         inventory = load_inventory(Path(args.config))
     hosts = [

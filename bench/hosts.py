@@ -1,7 +1,7 @@
 """The hosts a benchmark runs against: real sshd servers or the simulated hosts of `fleet demo`.
 
 Both kinds live outside the process being measured: each sshd host is its own OpenSSH server
-(tests/integration/harness/), the simulated hosts are served by `fleet.demo_server` in a
+(tests/integration/harness/), the simulated hosts are served by `fleet.demo.server` in a
 process of its own. A `HostSet` gives every tool the same facts (addresses, ports, the client
 key, known_hosts, each host's checkout) and the two knobs of the workload: a new commit to pull
 (`new_commit`) and the per-host switch and test durations (`set_durations`), which the stub
@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.demo import start_demo
+from fleet.demo.simulation import start_demo
 from tests.integration.harness import ClientKey, start_fleet
 
 
@@ -176,7 +176,7 @@ def sshd_hosts(workdir: Path, n: int, *, pam: bool = False) -> Iterator[HostSet]
 
 @contextlib.contextmanager
 def demo_hosts(workdir: Path, n: int) -> Iterator[HostSet]:
-    """n simulated hosts served by fleet.demo_server (asyncssh) in its own process."""
+    """n simulated hosts served by fleet.demo.server (asyncssh) in its own process."""
     with start_demo(workdir / "demo", n, break_host=None) as demo:
         user = getpass.getuser()
         hosts = [

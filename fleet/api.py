@@ -13,11 +13,10 @@ from pathlib import Path
 
 import platformdirs
 
-from fleet import ops
-from fleet.config import Inventory, load_inventory
+from fleet.config.inventory import Inventory, load_inventory
+from fleet.config.selection import select_hosts
 from fleet.errors import ConfigError
 from fleet.events import EventBus, Subscriber
-from fleet.executor import PipelineExecutor
 from fleet.models import (
     Host,
     HostResult,
@@ -29,8 +28,9 @@ from fleet.models import (
     Scope,
     new_run_id,
 )
+from fleet.ops import builtin as ops
 from fleet.options import RunOptions
-from fleet.selection import select_hosts
+from fleet.run.executor import PipelineExecutor
 from fleet.state import StateStore
 from fleet.transport.base import SessionFactory
 

@@ -18,7 +18,7 @@ from typing import Any
 
 # Names that end up in file paths, unit names, SQL rows and remote shells are restricted to a
 # conservative alphabet. Values that are not names (repo paths, branches, ...) have their own
-# validators in validate.py and are always shell-quoted.
+# validators in config/validate.py and are always shell-quoted.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 
 

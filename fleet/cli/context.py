@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from fleet.api import Fleet, state_dir_from
-from fleet.config import find_config, load_inventory
+from fleet.config.inventory import find_config, load_inventory
 from fleet.state import StateStore
 
 EXIT_USAGE = 2

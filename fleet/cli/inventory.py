@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from fleet.cli.context import AppContext, pass_app
-from fleet.config import find_config, load_inventory
+from fleet.config.inventory import find_config, load_inventory
 
 
 @click.command("hosts")
@@ -18,7 +18,7 @@ from fleet.config import find_config, load_inventory
 def hosts_cmd(app: AppContext, /, selector: str | None, as_json: bool) -> None:
     """List the hosts of fleet.toml with their resolved settings."""
     from fleet.cli.tables import render_table
-    from fleet.selection import select_hosts
+    from fleet.config.selection import select_hosts
 
     inventory = load_inventory(find_config(app.config))
     hosts = select_hosts(inventory, selector)

@@ -264,7 +264,7 @@ def demo_cmd(app: AppContext, /, n: int, keep: bool) -> None:
     import shutil
     import tempfile
 
-    from fleet.demo import start_demo
+    from fleet.demo.simulation import start_demo
 
     workdir = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
     click.echo(f"starting {n} simulated host(s) in {workdir} ...", err=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from fleet.api import state_dir_from
-from fleet.config import find_config
+from fleet.config.inventory import find_config
 from fleet.errors import ConfigError
 
 if TYPE_CHECKING:

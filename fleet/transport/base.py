@@ -5,8 +5,8 @@ A `Session` is one host's connection for a whole run. It keeps ONE persistent re
 session (each session costs ~140 ms of host-side work and a PAM/logind session). Every command
 still runs in its own process group (`setsid -w`), whose id the session learns from an in-band
 marker and which it kills with a second command on the same connection when the command times
-out or is cancelled. `fleet.remote` renders the wrapping and parses the markers; the SSH
-(`ssh.py`) and local (`local.py`) transports only move bytes.
+out or is cancelled. `fleet.transport.protocol` renders the wrapping and parses the markers; the
+SSH (`ssh.py`) and local (`local.py`) transports only move bytes.
 
 The executor never imports asyncssh: it receives a `SessionFactory`.
 """
@@ -64,8 +64,9 @@ class Session(abc.ABC):
     ) -> CommandResult:
         """Run a shell fragment on the host in its own process group.
 
-        `script` is already rendered and quoted (see `fleet.remote`); stdin is /dev/null and
-        stderr is merged into stdout, which is streamed to `output` as it arrives, byte-exact.
+        `script` is already rendered and quoted (see `fleet.transport.protocol`); stdin is
+        /dev/null and stderr is merged into stdout, which is streamed to `output` as it arrives,
+        byte-exact.
         On timeout the group is killed and `CommandTimeout` raised; on task cancellation the
         group is killed (a second command on the same connection) and `CancelledError`
         re-raised; a dropped connection raises `ConnectionLost`. `privileged` says the group

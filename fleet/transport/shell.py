@@ -5,9 +5,9 @@ A transport supplies three things: a way to open the persistent shell (`_open_sh
 group while the shell is busy), and connect/reconnect/close. Everything else is here:
 
 * one `_Shell` per open shell, with a reader task that parses the shell's stdout
-  (`fleet.remote.MarkerParser`) and hands each chunk of output to the running command's sink
-  as it arrives (the sink is called synchronously, so a slow sink slows the reading down
-  instead of buffering output);
+  (`fleet.transport.protocol.MarkerParser`) and hands each chunk of output to the running
+  command's sink as it arrives (the sink is called synchronously, so a slow sink slows the
+  reading down instead of buffering output);
 * one command at a time per shell (an `asyncio.Lock`); output that arrives while no command
   runs (a login banner, a background process a finished command left behind) is dropped;
 * timeouts, cancellation and dropped connections, with every wait bounded: a hung host costs
@@ -25,10 +25,10 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleet import remote
 from fleet.errors import ConnectionLost, HostLockedError
 from fleet.models import Host
-from fleet.ops import Privilege
+from fleet.ops.builtin import Privilege
+from fleet.transport import protocol
 from fleet.transport.base import CommandResult, CommandTimeout, OutputSink, Session
 
 BEGIN_WAIT = 2.0  # after a timeout/cancel, how long to wait for a pgid not yet reported
@@ -93,10 +93,10 @@ class _Shell:
 
     def __init__(self, stream: ShellStream, token: str) -> None:
         self.stream = stream
-        self.parser = remote.MarkerParser(token)
+        self.parser = protocol.MarkerParser(token)
         self.current: _Command | None = None
         self.closed: str | None = None  # why the shell is gone, once it is
-        self.ready = asyncio.Event()  # the End marker of `remote.ready_command` was seen
+        self.ready = asyncio.Event()  # the End marker of `protocol.ready_command` was seen
         self.preamble = b""  # the end of what the login printed before that marker
         self.ready_status: int | None = None  # that marker's status: 0 when setsid exists
         self.reader = asyncio.create_task(self._read())
@@ -121,23 +121,23 @@ class _Shell:
                 self.current.gone = reason
                 self.current.update()
 
-    def _dispatch(self, event: remote.Event) -> None:
+    def _dispatch(self, event: protocol.Event) -> None:
         command = self.current
-        if isinstance(event, remote.End) and command is None and not self.ready.is_set():
+        if isinstance(event, protocol.End) and command is None and not self.ready.is_set():
             self.ready_status = event.exit_code
             self.ready.set()
         if command is None:  # output between commands belongs to nobody
-            if isinstance(event, remote.Output) and not self.ready.is_set():
+            if isinstance(event, protocol.Output) and not self.ready.is_set():
                 self.preamble = (self.preamble + event.data)[-PREAMBLE_SIZE:]
             return
-        if isinstance(event, remote.Output):
+        if isinstance(event, protocol.Output):
             if command.sink_error is None:
                 try:
                     command.sink(event.data)
                 except Exception as exc:  # the sink's own failure, raised again by run()
                     command.sink_error = exc
                     command.update()
-        elif isinstance(event, remote.Begin):
+        elif isinstance(event, protocol.Begin):
             command.pgid = event.pgid
             command.update()
         elif not command.ended:
@@ -170,7 +170,7 @@ class _Shell:
 class ShellSession(Session):
     """A `Session` that runs every command in one persistent shell.
 
-    With `host_lock`, each persistent shell holds the host lock (`remote.host_lock_command`:
+    With `host_lock`, each persistent shell holds the host lock (`protocol.host_lock_command`:
     a file in the host's run_dir) for as long as it lives, so that two controllers (or two
     state directories) never run on one host at once; starting a shell while another session
     holds it raises `HostLockedError` naming the holder (`hold_for` names this session's run).
@@ -178,7 +178,7 @@ class ShellSession(Session):
 
     def __init__(self, host: Host, *, host_lock: bool = False) -> None:
         self.host = host
-        self._token = remote.new_token()
+        self._token = protocol.new_token()
         self._host_lock = host_lock
         self._owner = secrets.token_hex(8)
         self._holder = f"fleet on {socket.gethostname()} (pid {os.getpid()})"
@@ -206,11 +206,11 @@ class ShellSession(Session):
         """Name the run this session works for in the host lock (before `connect`)."""
         self._holder = f"run {run_id} of fleet on {socket.gethostname()} (pid {os.getpid()})"
 
-    def _lock_request(self) -> remote.HostLock | None:
+    def _lock_request(self) -> protocol.HostLock | None:
         if not self._host_lock:
             return None
         path = f"{self.host.run_dir.rstrip('/')}/{LOCK_FILE}"
-        return remote.HostLock(path, self._holder, self._owner)
+        return protocol.HostLock(path, self._holder, self._owner)
 
     # -- the shell's life
 
@@ -220,14 +220,14 @@ class ShellSession(Session):
         Raises `StreamClosed` when the shell cannot start, `HostLockedError` when another
         session holds the host lock."""
         await self._stop_shell()
-        ready = remote.ready_command(self._token, self._lock_request())
+        ready = protocol.ready_command(self._token, self._lock_request())
         try:
             async with asyncio.timeout(SIDE_TIMEOUT):
                 self._shell = shell = _Shell(await self._open_shell(), self._token)
                 await shell.stream.write(ready.encode())
                 await shell.ready.wait()
-            if shell.closed is None and shell.ready_status == remote.LOCKED:
-                raise HostLockedError(self.host.name, remote.holder_of(shell.preamble))
+            if shell.closed is None and shell.ready_status == protocol.LOCKED:
+                raise HostLockedError(self.host.name, protocol.holder_of(shell.preamble))
             problem = shell.problem()
         except TimeoutError:
             problem = f"the shell did not start within {SIDE_TIMEOUT:g}s"
@@ -278,7 +278,7 @@ class ShellSession(Session):
             shell.current = command
             try:
                 async with asyncio.timeout(timeout):
-                    await shell.stream.write(remote.wrap_command(script, self._token).encode())
+                    await shell.stream.write(protocol.wrap_command(script, self._token).encode())
                     await command.wait_until(
                         lambda: command.ended or command.sink_error is not None
                     )
@@ -344,7 +344,7 @@ class ShellSession(Session):
 
     async def kill(self, pgid: int, *, signal: str = "TERM", privileged: bool = False) -> None:
         privilege = self._privilege if privileged else None
-        script = remote.kill_script(pgid, signal, privilege=privilege)
+        script = protocol.kill_script(pgid, signal, privilege=privilege)
         if self._lost is not None:
             raise ConnectionLost(self.host.name, self._lost)
         try:

@@ -1,11 +1,11 @@
 """`SshSession`: one asyncssh connection per host for a whole run, with one persistent shell.
 
-The connection never reads ~/.ssh/config (config.py resolves it), never prompts (public keys
+The connection never reads ~/.ssh/config (fleet.config resolves it), never prompts (public keys
 only: the ssh-agent and the identity files), always checks host keys against fleet's
 known_hosts files under its policy (`HostKeyCheck`, in hostkeys.py), and reaches hosts behind a
 ProxyJump through asyncssh tunnels. Commands run in the persistent shell (`ShellSession`); kills
 go over a new channel of the same connection. This module and hostkeys.py are the only ones of
-fleet that use asyncssh (besides the simulated fleet: demo.py and demo_server.py); they import
+fleet that use asyncssh (besides the simulated fleet: fleet.demo); they import
 it from _asyncssh.py, which silences its import-time cryptography deprecation warning.
 """
 
@@ -209,7 +209,7 @@ class SshSession(ShellSession):
                     hop.hostname,
                     hop.port,
                     tunnel=tunnel or (),
-                    config=[],  # fleet reads ~/.ssh/config itself (config.py)
+                    config=[],  # fleet reads ~/.ssh/config itself (fleet.config)
                     username=hop.user,
                     known_hosts=check.known,
                     client_factory=lambda: client,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fleet.config import Inventory
+from fleet.config.inventory import Inventory
 from fleet.models import Host, OpResult, OpStatus, Run, RunStatus, Scope, iso
 
 HISTORY_FOR_HOSTS = 100  # how many recent runs are searched for each host's last run

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from fleet.api import Fleet, PlannedRun
-from fleet.config import Inventory, load_inventory
+from fleet.config.inventory import Inventory, load_inventory
 from fleet.errors import FleetError, StateError
 from fleet.events import Event, RunFinished, RunStarted, Subscriber
-from fleet.executor import PipelineExecutor
 from fleet.models import Run, RunStatus
 from fleet.options import RunOptions
+from fleet.run.executor import PipelineExecutor
 from fleet.state import StateStore
 from fleet.transport.base import SessionFactory
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from fleet.detach import run_directory
 from fleet.models import Host
+from fleet.ops.detach import run_directory
 from tests.faults.conftest import (
     accepted_logins,
     assert_complete,

@@ -1,6 +1,6 @@
 """The lock on the host itself, at the transport: one session per host at a time.
 
-`SshSession` takes it in the first line its persistent shell runs (`remote.host_lock_command`,
+`SshSession` takes it in the first line its persistent shell runs (`protocol.host_lock_command`,
 no extra round trip): `flock` on <run_dir>/fleet.lock, opened by the persistent shell itself,
 so held for as long as the shell lives, and not inherited by the commands it runs.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import remote
-from fleet.config import load_inventory
+from fleet.config.inventory import load_inventory
 from fleet.errors import HostLockedError
+from fleet.transport import protocol
 from fleet.transport.ssh import SshSession
 from tests.integration.harness import FleetFactory
 
@@ -69,12 +69,12 @@ TOKEN = "f00d"
 class LocalShell:
     """A persistent `sh` fed a ready line, as a session feeds it."""
 
-    def __init__(self, lock: remote.HostLock) -> None:
+    def __init__(self, lock: protocol.HostLock) -> None:
         self.proc = subprocess.Popen(
             ["sh"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(remote.ready_command(TOKEN, lock).encode())
+        self.proc.stdin.write(protocol.ready_command(TOKEN, lock).encode())
         self.proc.stdin.flush()
         self.ready = self._until_marker()
 
@@ -90,7 +90,7 @@ class LocalShell:
 
     def run(self, script: str) -> bytes:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(remote.wrap_command(script, TOKEN).encode())
+        self.proc.stdin.write(protocol.wrap_command(script, TOKEN).encode())
         self.proc.stdin.flush()
         return self._until_marker()
 
@@ -106,16 +106,16 @@ class LocalShell:
 
 def test_the_lock_script_refuses_names_the_holder_and_takes_back_its_own(tmp_path: Path) -> None:
     path = str(tmp_path / "run" / "fleet.lock")  # run_dir is created if need be
-    mine = remote.HostLock(path, "run A of fleet on c1 (pid 1)", "owner-a")
+    mine = protocol.HostLock(path, "run A of fleet on c1 (pid 1)", "owner-a")
     first = LocalShell(mine)
     assert first.ready == b"\x1ef00d:E:0\n"
     assert Path(path).read_text().splitlines() == [mine.holder, mine.owner, str(first.proc.pid)]
     out = first.run("ls -l /proc/self/fd/")
     assert b"fleet.lock" not in out  # the commands do not hold the lock's descriptor
 
-    other = LocalShell(remote.HostLock(path, "run B of fleet on c2 (pid 2)", "owner-b"))
+    other = LocalShell(protocol.HostLock(path, "run B of fleet on c2 (pid 2)", "owner-b"))
     assert other.ready == b"fleet-lock-holder: run A of fleet on c1 (pid 1)\n\x1ef00d:E:75\n"
-    assert remote.holder_of(other.ready) == "run A of fleet on c1 (pid 1)"
+    assert protocol.holder_of(other.ready) == "run A of fleet on c1 (pid 1)"
     other.close()
 
     # the same owner (a session reconnecting while its old shell lives on) takes it back
@@ -125,7 +125,7 @@ def test_the_lock_script_refuses_names_the_holder_and_takes_back_its_own(tmp_pat
     assert b"ok\n" in again.run("echo ok")
     first.close()
     assert again.close() == 0
-    free = LocalShell(remote.HostLock(path, "run C", "owner-c"))  # released at exit
+    free = LocalShell(protocol.HostLock(path, "run C", "owner-c"))  # released at exit
     assert free.ready == b"\x1ef00d:E:0\n"
     free.close()
 
@@ -136,7 +136,7 @@ def test_without_a_writable_run_dir_the_session_runs_unlocked(tmp_path: Path, wh
         (tmp_path / "run").write_text("a file where the run_dir should be\n")
     else:
         (tmp_path / "run" / "fleet.lock").mkdir(parents=True)
-    shell = LocalShell(remote.HostLock(f"{tmp_path}/run/fleet.lock", "run A", "owner-a"))
+    shell = LocalShell(protocol.HostLock(f"{tmp_path}/run/fleet.lock", "run A", "owner-a"))
     assert shell.ready == b"\x1ef00d:E:0\n"
     assert b"ok\n" in shell.run("echo ok")
     assert shell.close() == 0

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from fleet.cli.app import main
-from fleet.config import parse_inventory
+from fleet.config.inventory import parse_inventory
 from fleet.errors import ConfigError
 from tests.faults.conftest import assert_clean_error, run_json, user_ops
 from tests.integration.harness import FleetFactory, TestFleet, git, toml_table, toml_value

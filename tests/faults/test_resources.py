@@ -1,8 +1,9 @@
 """200 simulated hosts, 10 runs in a row in one controller process (the dashboard's case).
 
-The simulated fleet (fleet.demo: an asyncssh server in its own process, one listener per host)
-stands in for 200 machines. After every run the controller holds no SSH connection, no extra
-file descriptor, task, thread or child process, and the hosts run nothing of fleet's any more.
+The simulated fleet (fleet.demo.simulation: an asyncssh server in its own process, one listener
+per host) stands in for 200 machines. After every run the controller holds no SSH connection,
+no extra file descriptor, task, thread or child process, and the hosts run nothing of fleet's
+any more.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.api import Fleet
-from fleet.config import load_inventory
-from fleet.demo import start_demo
+from fleet.config.inventory import load_inventory
+from fleet.demo.simulation import start_demo
 from fleet.models import RunStatus
 from fleet.options import RunOptions
 from fleet.state import StateStore

@@ -62,7 +62,7 @@ def test_the_profiles_parts_follow_the_code_a_sample_ran_for() -> None:
             f"open\0{ROOT}/fleet/state/logs.py\00088",
             f"open\0{lib}/pathlib.py\0001036",
         ): PARTS[3],
-        (run, loop, f"_attempt\0{ROOT}/fleet/executor.py\000308"): PARTS[4],
+        (run, loop, f"_attempt\0{ROOT}/fleet/run/executor.py\000308"): PARTS[4],
         (
             run,
             loop,

@@ -17,8 +17,8 @@ from typing import TypeVar
 
 import pytest
 
-from fleet.config import load_inventory
-from fleet.demo import DemoFleet, DemoHost, start_demo
+from fleet.config.inventory import load_inventory
+from fleet.demo.simulation import DemoFleet, DemoHost, start_demo
 from fleet.errors import ConfigError
 from fleet.models import Detach, HostKeyPolicy
 from fleet.transport._asyncssh import asyncssh
@@ -134,7 +134,7 @@ def test_a_command_runs_in_the_host_directory_with_the_stub_environment(demo: De
         env = on_host(demo, member.name, lambda c: c.run("echo $FLEET_STUB_STATE; echo $PATH"))
         state, path = str(env.stdout).splitlines()
         assert state == str(member.state_dir)
-        assert path.split(os.pathsep)[0].endswith(os.path.join("fleet", "stubs"))
+        assert path.split(os.pathsep)[0].endswith(os.path.join("fleet", "demo", "stubs"))
 
 
 def test_exit_status_stderr_and_signals_reach_the_client(demo: DemoFleet) -> None:
@@ -313,7 +313,7 @@ def test_the_server_exits_when_its_parent_dies(tmp_path: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from fleet.demo import start_demo
+        from fleet.demo.simulation import start_demo
         with start_demo(Path({str(tmp_path / "fleet")!r}), 1) as fleet:
             print(fleet.server_pid, flush=True)
             time.sleep(600)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from fleet.pipelines import BUILTIN_PIPELINES
+from fleet.ops.pipelines import BUILTIN_PIPELINES
 from tests.nix.conftest import HERE, ROOT, lib_arg, nix_eval, nix_eval_expression, nix_instantiate
 
 KEY = "/run/keys/fleet-ssh-key"

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 from fleet.errors import ConnectError
 from fleet.events import Event, EventBus
-from fleet.executor import PipelineExecutor
 from fleet.models import ControllerSettings, Host
-from fleet.ops import OpRegistry
-from fleet.runners import OpContext, OpOutcome
+from fleet.ops.builtin import OpRegistry
+from fleet.run.executor import PipelineExecutor
+from fleet.run.runners import OpContext, OpOutcome
 from fleet.transport.base import CommandResult, OutputSink, Session
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fleet.config import (
+from fleet.config.inventory import (
     InvalidValue,
     Inventory,
     check_branch,

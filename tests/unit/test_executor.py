@@ -21,10 +21,10 @@ from fleet.models import (
     RunStatus,
     Scope,
 )
-from fleet.ops import OpRegistry
+from fleet.ops.builtin import OpRegistry
+from fleet.ops.pipelines import PipelineRegistry
 from fleet.options import MaxFail, RunOptions
-from fleet.pipelines import PipelineRegistry
-from fleet.runners import OpOutcome
+from fleet.run.runners import OpOutcome
 from tests.unit.fakes import Behaviour, FleetScript, make_executor, make_hosts, statuses
 
 T = TypeVar("T")

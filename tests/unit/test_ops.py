@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import detach, ops
 from fleet.models import ControllerSettings, Detach, Host, Op, Scope
+from fleet.ops import builtin as ops
+from fleet.ops import detach
 
 HOST = Host(
     name="alpha",

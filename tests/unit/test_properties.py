@@ -26,8 +26,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fleet.config import load_inventory, parse_inventory
-from fleet.controller import ControllerOpRunner
+from fleet.config.inventory import load_inventory, parse_inventory
 from fleet.errors import ConfigError
 from fleet.events import Event, OpStarted, RunFinished
 from fleet.models import (
@@ -44,9 +43,10 @@ from fleet.models import (
     host_status_of,
     run_status_of,
 )
-from fleet.ops import OpRegistry
+from fleet.ops.builtin import OpRegistry
 from fleet.options import MaxFail, RunOptions
-from fleet.runners import OpOutcome
+from fleet.run.controller import ControllerOpRunner
+from fleet.run.runners import OpOutcome
 from fleet.state import StateStore
 from tests.unit.fakes import Behaviour, FleetScript, make_executor, make_hosts
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import ops
 from fleet.models import Host
+from fleet.ops import builtin as ops
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",

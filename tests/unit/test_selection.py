@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.config import parse_inventory
+from fleet.config.inventory import parse_inventory
+from fleet.config.selection import select_hosts
 from fleet.errors import HostSelectionError
-from fleet.selection import select_hosts
 
 SELECT = """\
 [hosts.web-1]

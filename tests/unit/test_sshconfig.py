@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet.config.sshconfig import SshConfig, SshConfigEntry, resolve, split_line
 from fleet.errors import ConfigError
-from fleet.sshconfig import SshConfig, SshConfigEntry, resolve, split_line
 
 BASIC = """\
 # a comment

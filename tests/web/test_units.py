@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from fleet.config import parse_inventory
+from fleet.config.inventory import parse_inventory
 from fleet.errors import ConfigError
 from fleet.events import (
     HostFinished,

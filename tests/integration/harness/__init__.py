@@ -3,7 +3,7 @@
 A `TestFleet` is n simulated NixOS hosts on this machine, each one a real `sshd` (as root, on
 127.0.0.(2+i) or, in single-address mode, on 127.0.0.1 with its own port) whose sessions see:
 
-    PATH              fleet/stubs (nixos-rebuild, systemctl), then <root>/bin (a sudo shim
+    PATH              fleet/demo/stubs (nixos-rebuild, systemctl), then <root>/bin (a sudo shim
                       that keeps the environment), then the system's directories
     HOME              <root>/hosts/<name>/home, so that root's real ~/.bashrc (which bash
                       reads for ssh commands) cannot change PATH; it holds a .gitconfig

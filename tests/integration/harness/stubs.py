@@ -1,6 +1,6 @@
-"""The stub programs' side of a host: `StubState` (fleet/stubs' state directory) and the sudo shim.
+"""The stub programs' side of a host: `StubState` (the stubs' state directory) and the sudo shim.
 
-Every host's PATH starts with fleet/stubs (nixos-rebuild, systemctl), then a directory holding
+Every host's PATH starts with fleet/demo/stubs (nixos-rebuild, systemctl), then a directory holding
 `SUDO_SHIM` as `sudo`; all of them record their calls in the host's FLEET_STUB_STATE/calls.log.
 """
 
@@ -16,15 +16,15 @@ from pathlib import Path
 import fleet
 from tests.integration.harness.processes import HarnessError, wait_until
 
-STUBS_DIR = Path(fleet.__file__).resolve().parent / "stubs"
+STUBS_DIR = Path(fleet.__file__).resolve().parent / "demo" / "stubs"
 DEFAULT_UNITS: tuple[str, ...] = ("fleet.service",)
 
 
 class StubState:
     """A host's FLEET_STUB_STATE directory: what the stubs record, and the knobs they obey.
 
-    The protocol itself is documented at the top of fleet/stubs/nixos-rebuild and
-    fleet/stubs/systemctl; these methods only write and read those files.
+    The protocol itself is documented at the top of fleet/demo/stubs/nixos-rebuild and
+    fleet/demo/stubs/systemctl; these methods only write and read those files.
     """
 
     def __init__(self, path: Path) -> None:

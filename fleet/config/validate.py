@@ -3,8 +3,8 @@
 Every value that can reach a remote shell, a path, a unit name or an SQL row is checked against
 a conservative alphabet (and is shell-quoted as well). A validator raises `InvalidValue` (a
 ValueError) with a one-line reason, in which `show` writes the value quoted, on one line and
-shortened. The validators are public: fleet.toml_table's readers take one to check each string
-they read, and fleet.config re-exports them.
+shortened. The validators are public: fleet.config.toml_table's readers take one to check each
+string they read, and fleet.config.inventory re-exports them.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from fleet.config import Inventory
+from fleet.config.inventory import Inventory
+from fleet.config.validate import show
 from fleet.errors import HostSelectionError
 from fleet.models import Host
-from fleet.validate import show
 
 __all__ = ["select_hosts"]
 

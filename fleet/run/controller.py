@@ -14,9 +14,9 @@ import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fleet import ops
 from fleet.models import ControllerSettings, Op
-from fleet.runners import OpOutcome, TailBuffer, error_from_output
+from fleet.ops import builtin as ops
+from fleet.run.runners import OpOutcome, TailBuffer, error_from_output
 
 Output = Callable[[bytes], None]
 

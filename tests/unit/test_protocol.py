@@ -1,4 +1,4 @@
-"""fleet.remote: the wrapping written to the persistent shell and the marker parser."""
+"""fleet.transport.protocol: the wrapping written to the persistent shell and the marker parser."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet import remote
 from fleet.models import Host
-from fleet.ops import Privilege
-from fleet.remote import Begin, End, MarkerParser, Output
+from fleet.ops.builtin import Privilege
+from fleet.transport import protocol
+from fleet.transport.protocol import Begin, End, MarkerParser, Output
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -25,9 +25,9 @@ def e_marker(code: int) -> bytes:
     return f"\x1e{TOKEN}:E:{code}\n".encode()
 
 
-def merged(events: list[remote.Event]) -> list[remote.Event]:
+def merged(events: list[protocol.Event]) -> list[protocol.Event]:
     """Events with adjacent Output events joined (chunking may split output anywhere)."""
-    out: list[remote.Event] = []
+    out: list[protocol.Event] = []
     for event in events:
         if isinstance(event, Output) and out and isinstance(out[-1], Output):
             out[-1] = Output(out[-1].data + event.data)
@@ -36,9 +36,9 @@ def merged(events: list[remote.Event]) -> list[remote.Event]:
     return out
 
 
-def parse_in_chunks(stream: bytes, cuts: list[int]) -> list[remote.Event]:
+def parse_in_chunks(stream: bytes, cuts: list[int]) -> list[protocol.Event]:
     parser = MarkerParser(TOKEN)
-    events: list[remote.Event] = []
+    events: list[protocol.Event] = []
     last = 0
     for cut in [*sorted(cuts), len(stream)]:
         events += parser.feed(stream[last:cut])
@@ -56,11 +56,11 @@ def test_wrap_command_renders_one_line() -> None:
     expected = r"""setsid -w sh -c 'exec </dev/null 2>&1; printf '"'"'\036%s:B:%s\n'"'"' tok "$$"
 echo '"'"'hi'"'"'' sh 8>&-; printf '\036%s:E:%s\n' tok "$?"
 """
-    assert remote.wrap_command("echo 'hi'", "tok") == expected
+    assert protocol.wrap_command("echo 'hi'", "tok") == expected
 
 
 def test_ready_command() -> None:
-    assert remote.ready_command("tok") == (
+    assert protocol.ready_command("tok") == (
         r"""exec 2>/dev/null; command -v setsid >/dev/null; printf '\036%s:E:%s\n' tok "$?"
 """
     )
@@ -69,7 +69,7 @@ def test_ready_command() -> None:
 def test_wrapped_command_runs_in_sh_and_reports_markers() -> None:
     script = "echo out; echo err >&2; printf 'no newline'; exit 7"
     shell = subprocess.run(
-        ["sh"], input=remote.wrap_command(script, TOKEN).encode(), capture_output=True, check=True
+        ["sh"], input=protocol.wrap_command(script, TOKEN).encode(), capture_output=True, check=True
     )
     events = parse_in_chunks(shell.stdout, [])
     assert isinstance(events[0], Begin)
@@ -83,7 +83,7 @@ def test_the_script_runs_in_the_group_leader_with_sh_c_semantics() -> None:
     too: that the leader runs the script itself is pinned by the exact line above.)"""
     shell = subprocess.run(
         ["sh"],
-        input=remote.wrap_command('echo "$$ $0 $#"; cut -d" " -f5 /proc/$$/stat', TOKEN).encode(),
+        input=protocol.wrap_command('echo "$$ $0 $#"; cut -d" " -f5 /proc/$$/stat', TOKEN).encode(),
         capture_output=True,
         check=True,
     )
@@ -96,7 +96,7 @@ def test_the_script_runs_in_the_group_leader_with_sh_c_semantics() -> None:
 
 def test_a_syntax_error_comes_after_the_begin_marker() -> None:
     shell = subprocess.run(
-        ["sh"], input=remote.wrap_command("if", TOKEN).encode(), capture_output=True, check=True
+        ["sh"], input=protocol.wrap_command("if", TOKEN).encode(), capture_output=True, check=True
     )
     events = parse_in_chunks(shell.stdout, [])
     assert isinstance(events[0], Begin)
@@ -105,7 +105,7 @@ def test_a_syntax_error_comes_after_the_begin_marker() -> None:
 
 
 def test_ready_command_prints_an_end_marker_and_silences_the_shell() -> None:
-    script = remote.ready_command(TOKEN) + remote.wrap_command("kill -s TERM $$", TOKEN)
+    script = protocol.ready_command(TOKEN) + protocol.wrap_command("kill -s TERM $$", TOKEN)
     shell = subprocess.run(["sh"], input=script.encode(), capture_output=True, check=True)
     events = parse_in_chunks(shell.stdout, [])
     assert events[0] == End(0)
@@ -115,10 +115,10 @@ def test_ready_command_prints_an_end_marker_and_silences_the_shell() -> None:
 
 
 def test_kill_argv() -> None:
-    assert remote.kill_argv(1234) == ["kill", "-s", "TERM", "--", "-1234"]
-    assert remote.kill_argv(1234, "KILL") == ["kill", "-s", "KILL", "--", "-1234"]
+    assert protocol.kill_argv(1234) == ["kill", "-s", "TERM", "--", "-1234"]
+    assert protocol.kill_argv(1234, "KILL") == ["kill", "-s", "KILL", "--", "-1234"]
     sudo = Privilege.of(Host(name="h", address="h", hostname="h", user="deploy", sudo=True))
-    assert remote.kill_argv(99, "INT", privilege=sudo) == [
+    assert protocol.kill_argv(99, "INT", privilege=sudo) == [
         "sudo",
         "-n",
         "kill",
@@ -127,24 +127,24 @@ def test_kill_argv() -> None:
         "--",
         "-99",
     ]
-    assert remote.kill_script(99, privilege=sudo) == "sudo -n kill -s TERM -- -99"
-    assert remote.kill_script(99, privilege=Privilege()) == "kill -s TERM -- -99"
+    assert protocol.kill_script(99, privilege=sudo) == "sudo -n kill -s TERM -- -99"
+    assert protocol.kill_script(99, privilege=Privilege()) == "kill -s TERM -- -99"
 
 
 @pytest.mark.parametrize("signal", ["STOP", "TERM; rm -rf /", "", "term", "9"])
 def test_kill_refuses_signals_outside_the_allowlist(signal: str) -> None:
     with pytest.raises(ValueError, match="signal"):
-        remote.kill_argv(1234, signal)
+        protocol.kill_argv(1234, signal)
 
 
 @pytest.mark.parametrize("pgid", [1, 0, -5])
 def test_kill_refuses_groups_that_mean_everything(pgid: int) -> None:
     with pytest.raises(ValueError, match="process group"):
-        remote.kill_argv(pgid)
+        protocol.kill_argv(pgid)
 
 
 def test_tokens_are_random_hex() -> None:
-    tokens = {remote.new_token() for _ in range(10)}
+    tokens = {protocol.new_token() for _ in range(10)}
     assert len(tokens) == 10
     assert all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
 
@@ -205,7 +205,7 @@ def test_parser_returns_output_at_once_and_holds_back_only_a_cut_marker() -> Non
 
 
 def test_parser_ignores_markers_of_another_token_and_malformed_ones() -> None:
-    other = remote.new_token()
+    other = protocol.new_token()
     data = (
         f"\x1e{other}:E:0\n".encode()
         + f"\x1e{TOKEN}:X:1\n".encode()

@@ -1,6 +1,6 @@
 """The simulated fleet behind `fleet demo`: N NixOS-like hosts on loopback, no sshd needed.
 
-`start_demo` lays out a work directory, starts `fleet.demo_server` (asyncssh's SSH server, in
+`start_demo` lays out a work directory, starts `fleet.demo.server` (asyncssh's SSH server, in
 its own process) with one listener per host, and yields a `DemoFleet` whose `fleet.toml`
 drives those hosts like real ones:
 
@@ -21,7 +21,7 @@ Every host starts on generation 1, built from the first commit. Then a second co
 to upstream while the hosts are behind, changes every host's configuration and breaks one
 (`BROKEN` in its configuration.nix): `pull` then `switch` succeeds everywhere but there, where
 the stub nixos-rebuild fails because of what the host pulled. The repositories and their two
-commits are made by fleet.demo_repos.
+commits are made by fleet.demo.repos.
 
 Each host listens on its own address, 127.0.0.2, 127.0.0.3, ... when the system routes all of
 127/8 to loopback (Linux), else all on 127.0.0.1 with a port each (darwin). The server exits
@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from fleet.demo_repos import ROLES, seed_repositories
-from fleet.demo_server import HostSpec, ServerSpec, kill_marked
+from fleet.demo.repos import ROLES, seed_repositories
+from fleet.demo.server import HostSpec, ServerSpec, kill_marked
 from fleet.errors import ConfigError, FleetError
 from fleet.transport._asyncssh import asyncssh
 
@@ -283,7 +283,7 @@ def render_config(fleet: DemoFleet) -> str:
     """The fleet.toml of a demo fleet."""
     lines = [
         f"# The simulated fleet of `fleet demo`: {len(fleet.hosts)} hosts served by",
-        f"# fleet.demo_server (pid {fleet.server_pid}). It disappears with the demo.",
+        f"# fleet.demo.server (pid {fleet.server_pid}). It disappears with the demo.",
         "",
         "[ssh]",
         f"identity_file = {_toml(str(fleet.identity_file))}",
@@ -318,7 +318,7 @@ def render_config(fleet: DemoFleet) -> str:
 
 
 class _ServerProcess:
-    """`python -m fleet.demo_server`, in its own session, fed a stdin pipe it watches."""
+    """`python -m fleet.demo.server`, in its own session, fed a stdin pipe it watches."""
 
     def __init__(self, popen: subprocess.Popen[bytes], log: Path, token: str) -> None:
         self._popen = popen
@@ -332,7 +332,7 @@ class _ServerProcess:
         pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         with log.open("wb") as stderr:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "fleet.demo_server", str(spec)],
+                [sys.executable, "-m", "fleet.demo.server", str(spec)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

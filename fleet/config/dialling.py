@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, TypedDict
 
-from fleet.models import HostKeyPolicy, SshSettings
-from fleet.sshconfig import SshConfig, SshConfigEntry
-from fleet.toml_table import Table, first_set
-from fleet.validate import (
+from fleet.config.sshconfig import SshConfig, SshConfigEntry
+from fleet.config.toml_table import Table, first_set
+from fleet.config.validate import (
     check_address,
     check_local_path,
     check_proxy_jump,
     check_user,
     show,
 )
+from fleet.models import HostKeyPolicy, SshSettings
 
 SSH_KEYS = ("identity_file", "known_hosts", "host_key_policy", "connect_timeout",
             "keepalive_interval")  # fmt: skip

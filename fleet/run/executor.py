@@ -9,7 +9,7 @@ later op, which is recorded as SKIPPED. One asyncio task per host, a semaphore f
 process groups in its cleanup. The executor never prints: it emits events (fleet.events).
 
 A run follows its `RunOptions` (fleet.options); its record while it runs is a `RunState`
-(fleet.runstate), which emits each op result and each host's end as the executor settles them.
+(fleet.run.runstate), which emits each op result and each host's end as the executor settles them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleet import models
-from fleet.controller import ControllerOpRunner
 from fleet.errors import ConfigError, FleetError, HostError
 from fleet.events import EventBus, OpNote, OpOutput, OpSlow, OpStarted, RunFinished, RunStarted
 from fleet.models import (
@@ -42,10 +41,11 @@ from fleet.models import (
     run_status_of,
     utcnow,
 )
-from fleet.ops import OpRegistry, Privilege
+from fleet.ops.builtin import OpRegistry, Privilege
 from fleet.options import RunOptions
-from fleet.runners import HostOpRunner, OpContext, OpOutcome, TailBuffer, controller_unit
-from fleet.runstate import HostState, RunState
+from fleet.run.controller import ControllerOpRunner
+from fleet.run.runners import HostOpRunner, OpContext, OpOutcome, TailBuffer, controller_unit
+from fleet.run.runstate import HostState, RunState
 from fleet.transport.base import Session, SessionFactory
 
 # How many hosts may be connecting (SSH handshake, login, shell start) at once: hundreds of

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import detach, ops
 from fleet.errors import ConnectionLost
 from fleet.models import Host, Op
+from fleet.ops import builtin as ops
+from fleet.ops import detach
 from fleet.transport.base import Session
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)

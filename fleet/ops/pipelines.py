@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from fleet.errors import ConfigError
 from fleet.models import Pipeline, is_valid_name
-from fleet.ops import OpRegistry
+from fleet.ops.builtin import OpRegistry
 
 BUILTIN_PIPELINES: tuple[Pipeline, ...] = (
     Pipeline("do-all", ("pull", "switch", "test"), "Pull the config, switch to it, test it", True),

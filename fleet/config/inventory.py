@@ -1,17 +1,19 @@
 """fleet.toml -> Inventory: finding, reading and validating the file, and precedence.
 
 Every value that can reach a remote shell, a path, a unit name or an SQL row is checked,
-before anything runs, against a conservative alphabet by fleet.validate (and is shell-quoted as
-well). An error is one line naming the file, the table and the key:
+before anything runs, against a conservative alphabet by fleet.config.validate (and is
+shell-quoted as well). An error is one line naming the file, the table and the key:
 
     fleet.toml: hosts.alpha.branch: invalid git branch name '-x' (must not start with '-')
 
 A host's settings come from its table, then `[defaults]`, then fleet's built-in values. The
 `[ssh]` table and how each host is dialled (user, port, identity files, where ~/.ssh/config
-comes before the built-ins) are read by fleet.dialling; choosing hosts is fleet.selection's.
+comes before the built-ins) are read by fleet.config.dialling; choosing hosts is
+fleet.config.selection's.
 
-The validators (`check_*`, `InvalidValue`) live in fleet.validate; this module re-exports them.
-Each TOML table is read through fleet.toml_table's `Table`.
+The validators (`check_*`, `InvalidValue`) live in fleet.config.validate; this module re-exports
+them.
+Each TOML table is read through fleet.config.toml_table's `Table`.
 """
 
 from __future__ import annotations
@@ -26,22 +28,10 @@ from types import MappingProxyType
 
 import platformdirs
 
-from fleet.dialling import SSH_KEYS, host_dialling, read_ssh_settings
-from fleet.errors import ConfigError
-from fleet.models import (
-    ControllerSettings,
-    Detach,
-    Host,
-    Op,
-    Pipeline,
-    Scope,
-    SshSettings,
-)
-from fleet.ops import TUNABLE, OpRegistry
-from fleet.pipelines import PipelineRegistry
-from fleet.sshconfig import SshConfig
-from fleet.toml_table import Table, first_set
-from fleet.validate import (
+from fleet.config.dialling import SSH_KEYS, host_dialling, read_ssh_settings
+from fleet.config.sshconfig import SshConfig
+from fleet.config.toml_table import Table, first_set
+from fleet.config.validate import (
     InvalidValue,
     check_address,
     check_branch,
@@ -64,6 +54,18 @@ from fleet.validate import (
     check_user,
     show,
 )
+from fleet.errors import ConfigError
+from fleet.models import (
+    ControllerSettings,
+    Detach,
+    Host,
+    Op,
+    Pipeline,
+    Scope,
+    SshSettings,
+)
+from fleet.ops.builtin import TUNABLE, OpRegistry
+from fleet.ops.pipelines import PipelineRegistry
 
 __all__ = [  # the validators are re-exported for callers that import them from here
     "CONFIG_NAME",

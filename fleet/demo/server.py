@@ -1,9 +1,9 @@
 """The SSH server behind `fleet demo`: many simulated hosts in one process, no sshd needed.
 
-    python -m fleet.demo_server SPEC.json
+    python -m fleet.demo.server SPEC.json
 
-SPEC (a `ServerSpec`, written by `fleet.demo`) names the host key, the one authorized client
-key and, for each host, where it listens and its home directory. The server opens one
+SPEC (a `ServerSpec`, written by `fleet.demo.simulation`) names the host key, the one authorized
+client key and, for each host, where it listens and its home directory. The server opens one
 asyncssh listener per host (port 0 picks a free port), then writes one line of JSON to stdout,
 `{"ports": {"<host>": <port>, ...}}`, and serves until its stdin reaches EOF (the parent
 closed it or died), or until SIGTERM, SIGINT or SIGHUP.
@@ -499,10 +499,12 @@ async def serve(spec: ServerSpec, *, ready: Mapping[str, object] | None = None) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fleet.demo_server",
+        prog="python -m fleet.demo.server",
         description="Serve the simulated hosts of `fleet demo` over SSH until stdin closes.",
     )
-    parser.add_argument("spec", type=Path, help="the server spec (JSON) written by fleet.demo")
+    parser.add_argument(
+        "spec", type=Path, help="the server spec (JSON) written by fleet.demo.simulation"
+    )
     args = parser.parse_args(argv)
     spec = ServerSpec.parse(args.spec.read_text())
     raise_open_file_limit()

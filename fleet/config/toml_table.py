@@ -1,8 +1,8 @@
 """Reading one TOML table of fleet.toml: `Table`, its typed readers, and `first_set`.
 
 `Table` refuses unknown keys and values of the wrong type, and checks each string it reads with
-the validator its caller names (one of fleet.validate's `check_*`); an error is one line naming
-the file, the table and the key:
+the validator its caller names (one of fleet.config.validate's `check_*`); an error is one
+line naming the file, the table and the key:
 
     fleet.toml: hosts.alpha.branch: invalid git branch name '-x' (must not start with '-')
 
@@ -22,9 +22,9 @@ from datetime import date, datetime, time
 from enum import StrEnum
 from typing import TypeVar
 
+from fleet.config.validate import NAME_RULE, show
 from fleet.errors import ConfigError
 from fleet.models import is_valid_name
-from fleet.validate import NAME_RULE, show
 
 MAX_SECONDS = 7 * 24 * 3600.0
 
