@@ -1,3 +1,5 @@
 """fleet: multi-step deployment pipelines across a fleet of NixOS hosts over SSH."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("fleet")  # pyproject.toml is the one place it is written
