@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
-from click.testing import CliRunner
-
 import fleet
-from fleet.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,5 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_version_comes_from_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert fleet.__version__ == project["version"]
-    result = CliRunner().invoke(main, ["--version"])
-    assert result.output.strip() == f"fleet, version {project['version']}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet", "--version"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert proc.stdout.strip() == f"fleet, version {project['version']}"
