@@ -25,7 +25,8 @@ from fleet.models import Run, RunStatus
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def status_cmd(app: AppContext, /, run_id: str | None, as_json: bool) -> None:
-    """Show a run (default: the latest)."""
+    """Show a run (default: the latest); exit with the run's code (0 COMPLETE, 1 FAILED or
+    ABORTED or still RUNNING, 3 PARTIAL, 130 CANCELLED), so that scripts can branch on it."""
     store = app.store()
     if run_id:
         run = store.get_run(store.resolve_run_id(run_id))
@@ -36,10 +37,11 @@ def status_cmd(app: AppContext, /, run_id: str | None, as_json: bool) -> None:
         run = latest
     if as_json:
         click.echo(json.dumps(run.to_json(), indent=2))
-        return
-    from fleet.cli.tables import render_summary
+    else:
+        from fleet.cli.tables import render_summary
 
-    click.echo(render_summary(run, read_tail=tail_reader(store, run)))
+        click.echo(render_summary(run, read_tail=tail_reader(store, run)))
+    raise SystemExit(run.status.exit_code)
 
 
 @click.command("history")
@@ -105,6 +107,9 @@ def logs_cmd(
 def _log_keys(run: Run, host: str | None, op: str | None) -> Iterator[tuple[str, str]]:
     if host is not None and host != CONTROLLER and host not in run.hosts:
         raise ConfigError(f"run {run.run_id} has no host {host!r}")
+    if op is not None and op not in _ops_of(run, host):
+        on = f" on host {host}" if host is not None else ""
+        raise ConfigError(f"run {run.run_id} has no op {op!r}{on}")
     if host in (None, CONTROLLER):
         for r in run.controller_ops:
             if op in (None, r.op):
@@ -114,6 +119,14 @@ def _log_keys(run: Run, host: str | None, op: str | None) -> Iterator[tuple[str,
             for r in result.ops:
                 if op in (None, r.op):
                     yield name, r.op
+
+
+def _ops_of(run: Run, host: str | None) -> set[str]:
+    ops = {r.op for r in run.controller_ops} if host in (None, CONTROLLER) else set()
+    for name, result in run.hosts.items():
+        if host in (None, name):
+            ops.update(r.op for r in result.ops)
+    return ops
 
 
 def _print_new(

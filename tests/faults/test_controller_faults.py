@@ -147,7 +147,7 @@ def test_sigkill_mid_run_is_aborted_by_the_next_start(fleet_factory: FleetFactor
     assert raw_locks(fleet.state_dir) == ["host1", "host2"]
 
     status = fleet.run_cli(["status", run_id, "--json"])  # the next start of fleet
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 1, status.stderr  # ABORTED's exit code
     data = parse_json(status)
     assert data["status"] == "ABORTED"
     assert data["finished_at"] is not None

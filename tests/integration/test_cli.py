@@ -313,10 +313,15 @@ def test_logs_status_and_prune(fleet3: TestFleet) -> None:
     every = fleet3.run_cli(["logs", run_id])
     assert "==> host1 pull <==" in every.stdout and "==> host3 test <==" in every.stdout
     status = fleet3.run_cli(["status"])
-    assert status.returncode == 0
+    assert status.returncode == 3, status.stderr  # the run's own exit code: PARTIAL
     assert "PARTIAL" in status.stdout and "host2" in status.stdout
+    assert fleet3.run_cli(["status", run_id, "--json"]).returncode == 3
     unknown = fleet3.run_cli(["logs", run_id, "--host", "nope"])
     assert unknown.returncode == 2 and "no host 'nope'" in unknown.stderr
+    no_op = fleet3.run_cli(["logs", run_id, "--op", "nope"])
+    assert no_op.returncode == 2 and "no op 'nope'" in no_op.stderr, no_op.stderr
+    no_op = fleet3.run_cli(["logs", run_id, "--host", "host1", "--op", "nope"])
+    assert no_op.returncode == 2 and "no op 'nope'" in no_op.stderr, no_op.stderr
     kept = fleet3.run_cli(["prune", "--older-than", "1d"])
     assert kept.stdout.strip() == "removed 0 run(s)"
     time.sleep(1.1)
