@@ -24,12 +24,13 @@ from fleet.models import (
     Op,
     OpStatus,
     Pipeline,
+    Privilege,
     Run,
+    RunOptions,
     Scope,
     new_run_id,
 )
 from fleet.ops import builtin as ops
-from fleet.options import RunOptions
 from fleet.run.executor import PipelineExecutor
 from fleet.state import StateStore
 from fleet.transport.base import SessionFactory
@@ -182,7 +183,7 @@ def retry_start(pipeline: Pipeline, host_positions: Sequence[int], result: HostR
 def describe_host_op(op: Op, host: Host) -> str:
     if not (op.builtin and op.id in ops.DETACHED_OPS):
         return ops.host_script(op, host)
-    argv = ops.Privilege.of(host).argv(ops.rebuild_argv(host, op.id))
+    argv = Privilege.of(host).argv(ops.rebuild_argv(host, op.id))
     return ops.j(argv) + f"   # detached ({host.detach.value})"
 
 

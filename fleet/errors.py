@@ -4,6 +4,7 @@
     ├── ConfigError              fleet.toml or the command line is wrong (exit 2)
     ├── StateError               the state store cannot be read or written (exit 2)
     ├── HostSelectionError       a selector matched no host / names an unknown one (exit 2)
+    ├── Conflict                 a dashboard request conflicts with a run's or hosts' state (409)
     └── HostError                something went wrong on one host; costs that host only
         ├── ConnectError         the host cannot be reached or authenticated
         │   └── HostKeyError     its host key is unknown (strict) or changed
@@ -43,6 +44,10 @@ class StateError(FleetError):
 
 class HostSelectionError(FleetError):
     exit_code = 2
+
+
+class Conflict(FleetError):
+    """The request cannot be done in the run's or the hosts' present state (HTTP 409)."""
 
 
 class HostError(FleetError):

@@ -1,4 +1,4 @@
-"""The shared vocabulary of fleet: hosts, ops, pipelines, statuses and results.
+"""The shared vocabulary of fleet: hosts, ops, pipelines, statuses, results and run options.
 
 Every layer (config, executor, transport, state store, CLI, dashboard) speaks in these frozen
 dataclasses and enums. The status algebra (how op statuses make a host status, and host
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from fleet.errors import ConfigError
 
 # Names that end up in file paths, unit names, SQL rows and remote shells are restricted to a
 # conservative alphabet. Values that are not names (repo paths, branches, ...) have their own
@@ -139,6 +142,22 @@ class Host:
     @property
     def attr(self) -> str:
         return self.flake_attr or self.name
+
+
+@dataclass(frozen=True)
+class Privilege:
+    sudo: bool = False
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        return ["sudo", "-n", *argv] if self.sudo else list(argv)
+
+    def script(self, script: str) -> str:
+        """Run a whole shell fragment with privilege (one sudo for all of it)."""
+        return shlex.join(["sudo", "-n", "sh", "-c", script]) if self.sudo else script
+
+    @classmethod
+    def of(cls, host: Host) -> Privilege:
+        return cls(sudo=host.sudo and host.user != "root")
 
 
 @dataclass(frozen=True)
@@ -320,3 +339,73 @@ def run_status_of(hosts: Iterable[HostStatus], *, cancelled: bool) -> RunStatus:
     if complete == 0:
         return RunStatus.FAILED
     return RunStatus.PARTIAL
+
+
+# ---------------------------------------------------------------------------------------------
+# How a run is asked to go: `RunOptions` (mode, parallelism, max-fail, rollback, PR, selector).
+#
+# The CLI and the dashboard build them from their flags and fields, the executor follows them,
+# and their JSON form is stored with the run (`Run.options`) so that a retry runs as the
+# original did.
+
+
+@dataclass(frozen=True)
+class MaxFail:
+    """`--max-fail N` or `--max-fail P%`: how many failed hosts are tolerated."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> MaxFail:
+        try:
+            if text.endswith("%"):
+                percent = float(text[:-1])
+                if not 0 <= percent <= 100:
+                    raise ValueError
+                return cls(percent=percent)
+            count = int(text)
+            if count < 0:
+                raise ValueError
+            return cls(count=count)
+        except ValueError:
+            raise ConfigError(f"--max-fail: expected N or P% (got {text!r})") from None
+
+    def exceeded(self, failed: int, total: int) -> bool:
+        limit = self.count if self.count is not None else (self.percent or 0) * total / 100
+        return failed > limit
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    mode: Mode = Mode.LOCKSTEP
+    max_parallel: int | None = None
+    max_fail: MaxFail | None = None
+    rollback_on_failure: bool = False
+    pr: int | None = None
+    selector: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "max_parallel": self.max_parallel,
+            "max_fail": str(self.max_fail) if self.max_fail else None,
+            "rollback_on_failure": self.rollback_on_failure,
+            "pr": self.pr,
+            "on": self.selector,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunOptions:
+        max_fail = data.get("max_fail")
+        return cls(
+            mode=Mode(data.get("mode", "lockstep")),
+            max_parallel=data.get("max_parallel"),
+            max_fail=MaxFail.parse(max_fail) if max_fail else None,
+            rollback_on_failure=bool(data.get("rollback_on_failure")),
+            pr=data.get("pr"),
+            selector=data.get("on"),
+        )

@@ -18,8 +18,7 @@ from fleet.cli.context import EXIT_CANCELLED, AppContext, pass_app
 from fleet.cli.tables import CONTROLLER
 from fleet.errors import FleetError
 from fleet.events import Subscriber
-from fleet.models import Mode, Run, RunStatus, Scope
-from fleet.options import MaxFail, RunOptions
+from fleet.models import MaxFail, Mode, Run, RunOptions, RunStatus, Scope
 from fleet.state import StateStore
 
 F = Callable[..., Any]

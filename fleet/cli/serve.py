@@ -16,7 +16,7 @@ from fleet.config.inventory import find_config
 from fleet.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fleet.cli.app import AppContext
+    from fleet.cli.context import AppContext
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
 

@@ -14,10 +14,9 @@ import functools
 import shlex
 import string
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 from fleet.errors import ConfigError
-from fleet.models import ControllerSettings, Host, Op, Scope, is_valid_name
+from fleet.models import ControllerSettings, Host, Op, Privilege, Scope, is_valid_name
 
 MINUTE = 60.0
 
@@ -156,26 +155,6 @@ def check_placeholders(command: str, *, where: str) -> None:
                 + ")",
                 key=where,
             )
-
-
-# ---------------------------------------------------------------------------------------------
-# Privilege: a strategy, not booleans at call sites
-
-
-@dataclass(frozen=True)
-class Privilege:
-    sudo: bool = False
-
-    def argv(self, argv: Sequence[str]) -> list[str]:
-        return ["sudo", "-n", *argv] if self.sudo else list(argv)
-
-    def script(self, script: str) -> str:
-        """Run a whole shell fragment with privilege (one sudo for all of it)."""
-        return shlex.join(["sudo", "-n", "sh", "-c", script]) if self.sudo else script
-
-    @classmethod
-    def of(cls, host: Host) -> Privilege:
-        return cls(sudo=host.sudo and host.user != "root")
 
 
 def q(value: str) -> str:

@@ -8,7 +8,7 @@ later op, which is recorded as SKIPPED. One asyncio task per host, a semaphore f
 `max_parallel`; cancellation is asyncio task cancellation, and the transport kills the remote
 process groups in its cleanup. The executor never prints: it emits events (fleet.events).
 
-A run follows its `RunOptions` (fleet.options); its record while it runs is a `RunState`
+A run follows its `RunOptions` (fleet.models); its record while it runs is a `RunState`
 (fleet.run.runstate), which emits each op result and each host's end as the executor settles them.
 """
 
@@ -35,14 +35,15 @@ from fleet.models import (
     OpResult,
     OpStatus,
     Pipeline,
+    Privilege,
     Run,
+    RunOptions,
     Scope,
     host_status_of,
     run_status_of,
     utcnow,
 )
-from fleet.ops.builtin import OpRegistry, Privilege
-from fleet.options import RunOptions
+from fleet.ops.builtin import OpRegistry
 from fleet.run.controller import ControllerOpRunner
 from fleet.run.runners import HostOpRunner, OpContext, OpOutcome, TailBuffer, controller_unit
 from fleet.run.runstate import HostState, RunState

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import ConnectionLost
-from fleet.models import Host, Op
+from fleet.models import Host, Op, Privilege
 from fleet.ops import builtin as ops
 from fleet.ops import detach
 from fleet.transport.base import Session
@@ -85,7 +85,7 @@ class HostOpRunner:
         self.session = session
         self.host = host
         self.self_unit = self_unit
-        self.privilege = ops.Privilege.of(host)
+        self.privilege = Privilege.of(host)
 
     async def run(self, ctx: OpContext) -> OpOutcome:
         op = ctx.op

@@ -28,11 +28,11 @@ from fleet.models import (
     OpStatus,
     Pipeline,
     Run,
+    RunOptions,
     RunStatus,
     Scope,
     utcnow,
 )
-from fleet.options import RunOptions
 from fleet.transport.base import Session
 
 

@@ -36,7 +36,7 @@ import secrets
 import shlex
 from dataclasses import dataclass
 
-from fleet.ops.builtin import Privilege
+from fleet.models import Privilege
 
 RS = b"\x1e"  # the first byte of every marker
 SIGNALS = frozenset({"TERM", "KILL", "INT", "HUP", "QUIT", "CONT"})

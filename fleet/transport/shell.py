@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet.errors import ConnectionLost, HostLockedError
-from fleet.models import Host
-from fleet.ops.builtin import Privilege
+from fleet.models import Host, Privilege
 from fleet.transport import protocol
 from fleet.transport.base import CommandResult, CommandTimeout, OutputSink, Session
 

@@ -13,11 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from fleet.errors import ConfigError, FleetError, HostSelectionError, StateError
-from fleet.models import Mode, Run, is_valid_name, iso, utcnow
-from fleet.options import MaxFail, RunOptions
+from fleet.errors import ConfigError, Conflict, FleetError, HostSelectionError, StateError
+from fleet.models import MaxFail, Mode, Run, RunOptions, is_valid_name, iso, utcnow
 from fleet.web.overview import HISTORY_FOR_HOSTS, host_overview, pipeline_overview
-from fleet.web.runs import Conflict, RunManager
+from fleet.web.runs import RunManager
 
 MANAGER = web.AppKey("manager", RunManager)
 CONTROLLER = "controller"  # the `host` of controller ops in the logs endpoint

@@ -27,10 +27,9 @@ from typing import Any
 
 from fleet.api import Fleet, PlannedRun
 from fleet.config.inventory import Inventory, load_inventory
-from fleet.errors import FleetError, StateError
+from fleet.errors import Conflict, FleetError, StateError
 from fleet.events import Event, RunFinished, RunStarted, Subscriber
-from fleet.models import Run, RunStatus
-from fleet.options import RunOptions
+from fleet.models import Run, RunOptions, RunStatus
 from fleet.run.executor import PipelineExecutor
 from fleet.state import StateStore
 from fleet.transport.base import SessionFactory
@@ -39,10 +38,6 @@ log = logging.getLogger("fleet.web")
 
 SHUTDOWN_GRACE = 20.0  # seconds running runs get to record CANCELLED when the service stops
 RECORD_RETRY = 2.0  # seconds between tries to record ABORTED a run that could not record its end
-
-
-class Conflict(FleetError):
-    """The request cannot be done in the run's or the hosts' present state (HTTP 409)."""
 
 
 @dataclass

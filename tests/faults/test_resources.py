@@ -19,8 +19,7 @@ from pathlib import Path
 from fleet.api import Fleet
 from fleet.config.inventory import load_inventory
 from fleet.demo.simulation import start_demo
-from fleet.models import RunStatus
-from fleet.options import RunOptions
+from fleet.models import RunOptions, RunStatus
 from fleet.state import StateStore
 from tests.integration.harness import descendants, parents
 

@@ -13,17 +13,18 @@ from fleet.errors import ConfigError
 from fleet.events import Event, HostFinished, OpFinished, RunFinished, RunStarted
 from fleet.models import (
     HostStatus,
+    MaxFail,
     Mode,
     Op,
     OpStatus,
     Pipeline,
     Run,
+    RunOptions,
     RunStatus,
     Scope,
 )
 from fleet.ops.builtin import OpRegistry
 from fleet.ops.pipelines import PipelineRegistry
-from fleet.options import MaxFail, RunOptions
 from fleet.run.runners import OpOutcome
 from tests.unit.fakes import Behaviour, FleetScript, make_executor, make_hosts, statuses
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.models import ControllerSettings, Detach, Host, Op, Scope
+from fleet.models import ControllerSettings, Detach, Host, Op, Privilege, Scope
 from fleet.ops import builtin as ops
 from fleet.ops import detach
 
@@ -63,16 +63,16 @@ def test_flake_attr_defaults_to_name() -> None:
 
 def test_privilege_strategy() -> None:
     sudo_host = Host(name="a", address="a", hostname="a", user="deploy", sudo=True)
-    assert ops.Privilege.of(sudo_host).argv(["systemctl", "restart", "x"]) == [
+    assert Privilege.of(sudo_host).argv(["systemctl", "restart", "x"]) == [
         "sudo",
         "-n",
         "systemctl",
         "restart",
         "x",
     ]
-    assert ops.Privilege.of(HOST).argv(["true"]) == ["true"]
+    assert Privilege.of(HOST).argv(["true"]) == ["true"]
     root_with_sudo = Host(name="a", address="a", hostname="a", user="root", sudo=True)
-    assert ops.Privilege.of(root_with_sudo).argv(["true"]) == ["true"]
+    assert Privilege.of(root_with_sudo).argv(["true"]) == ["true"]
     assert ops.pull_script(sudo_host).startswith("sudo -n sh -c ")
 
 

@@ -32,19 +32,20 @@ from fleet.events import Event, OpStarted, RunFinished
 from fleet.models import (
     ControllerSettings,
     HostStatus,
+    MaxFail,
     Mode,
     Op,
     OpResult,
     OpStatus,
     Pipeline,
     Run,
+    RunOptions,
     RunStatus,
     Scope,
     host_status_of,
     run_status_of,
 )
 from fleet.ops.builtin import OpRegistry
-from fleet.options import MaxFail, RunOptions
 from fleet.run.controller import ControllerOpRunner
 from fleet.run.runners import OpOutcome
 from fleet.state import StateStore

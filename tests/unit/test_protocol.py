@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.models import Host
-from fleet.ops.builtin import Privilege
+from fleet.models import Host, Privilege
 from fleet.transport import protocol
 from fleet.transport.protocol import Begin, End, MarkerParser, Output
 

@@ -29,13 +29,14 @@ from fleet.models import (
     Host,
     HostResult,
     HostStatus,
+    MaxFail,
     Mode,
     OpResult,
     OpStatus,
     Run,
+    RunOptions,
     RunStatus,
 )
-from fleet.options import MaxFail, RunOptions
 from fleet.web.app import STATIC_DIR, WebSettings, create_app
 from fleet.web.auth import Authenticator, foreign_origin, load_token
 from fleet.web.handlers import parse_run_request
