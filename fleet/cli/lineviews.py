@@ -9,10 +9,10 @@ for `--json`. Subscribers to the executor's events that only write to their stre
 from __future__ import annotations
 
 import json
-from typing import TextIO
 
 from fleet.cli.tables import CONTROLLER, counts_text, describe_result
 from fleet.cli.text import (
+    TextSink,
     color_enabled,
     encodable,
     format_duration,
@@ -52,7 +52,9 @@ class PlainView:
     (host, op); a partial line is kept until its newline, up to `MAX_OUTPUT_LINE` bytes.
     """
 
-    def __init__(self, stream: TextIO, *, verbose: bool = False, color: bool | None = None) -> None:
+    def __init__(
+        self, stream: TextSink, *, verbose: bool = False, color: bool | None = None
+    ) -> None:
         self._stream = stream
         self._verbose = verbose
         self._color = color_enabled(stream, color)
@@ -153,7 +155,7 @@ def _split_long(line: bytes) -> list[bytes]:
 class JsonProgress:
     """`--json` progress: one compact JSON object per event (op output is left out)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextSink) -> None:
         self._stream = stream
 
     def __call__(self, event: Event) -> None:

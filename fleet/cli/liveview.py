@@ -9,13 +9,13 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
 
 from fleet.cli.tables import CONTROLLER, host_duration, status_counts
 from fleet.cli.text import (
     BOLD,
     DIM,
     Styled,
+    TextSink,
     color_enabled,
     encodable,
     fit,
@@ -90,7 +90,7 @@ class LiveView:
 
     def __init__(
         self,
-        stream: TextIO,
+        stream: TextSink,
         *,
         hosts: Sequence[str],
         ops: Sequence[str],

@@ -23,6 +23,10 @@ from fleet.state import StateStore
 
 F = Callable[..., Any]
 
+# A closed terminal (SIGHUP) cancels a run as Ctrl-C and SIGTERM do: recorded, remote work
+# stopped, host locks freed.
+CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def run_options(func: F) -> F:
     options = [
@@ -159,17 +163,18 @@ def run_plan(
         return
     run = asyncio.run(_execute(app, fleet, plan, as_json=as_json))
     if as_json:
-        click.echo(json.dumps(run.to_json(), indent=2))
+        _echo(json.dumps(run.to_json(), indent=2))
     else:
         from fleet.cli.tables import render_summary
 
-        click.echo(render_summary(run, read_tail=tail_reader(fleet.store, run)))
+        _echo(render_summary(run, read_tail=tail_reader(fleet.store, run)))
     raise SystemExit(run.status.exit_code)
 
 
 async def _execute(app: AppContext, /, fleet: Fleet, plan: PlannedRun, *, as_json: bool) -> Run:
     from fleet.cli.lineviews import JsonProgress, PlainView
     from fleet.cli.liveview import LiveView
+    from fleet.cli.sink import ViewSink
 
     with contextlib.suppress(ImportError):
         from fleet.transport.ssh import raise_nofile_limit
@@ -177,19 +182,20 @@ async def _execute(app: AppContext, /, fleet: Fleet, plan: PlannedRun, *, as_jso
         raise_nofile_limit()
     subscribers: list[Subscriber] = []
     live: LiveView | None = None
+    sink = ViewSink(sys.stderr if as_json else sys.stdout)
     if as_json:
-        subscribers.append(JsonProgress(sys.stderr))
-    elif sys.stdout.isatty() and not app.verbose:
+        subscribers.append(JsonProgress(sink))
+    elif sink.isatty() and not app.verbose:
         host_ops = [
             op for op in plan.pipeline.ops if fleet.inventory.ops.get(op).scope is Scope.HOST
         ]
-        live = LiveView(sys.stdout, hosts=[h.name for h in plan.hosts], ops=host_ops)
+        live = LiveView(sink, hosts=[h.name for h in plan.hosts], ops=host_ops)
         subscribers.append(live)
     else:
-        subscribers.append(PlainView(sys.stdout, verbose=bool(app.verbose)))
+        subscribers.append(PlainView(sink, verbose=bool(app.verbose)))
     executor = fleet.prepare(subscribers)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in CANCEL_SIGNALS:
         loop.add_signal_handler(sig, executor.cancel)
     refresher = asyncio.create_task(_refresh(live)) if live else None
     try:
@@ -199,8 +205,24 @@ async def _execute(app: AppContext, /, fleet: Fleet, plan: PlannedRun, *, as_jso
             refresher.cancel()
         if live:
             live.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in CANCEL_SIGNALS:
             loop.remove_signal_handler(sig)
+        sink.close()
+        if note := sink.note():
+            _echo(note, err=True)
+
+
+def _echo(text: str, *, err: bool = False) -> None:
+    """`click.echo` for what a run prints once it is over: a stream that is closed or broken
+    costs the text, never the exit code (nor a traceback)."""
+    from fleet.cli.sink import quiet_if_broken
+
+    stream = sys.stderr if err else sys.stdout
+    try:
+        click.echo(text, err=err)
+    except OSError:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            quiet_if_broken(stream.fileno())
 
 
 async def _refresh(live: Any) -> None:

@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TextIO
+from typing import Protocol
 
 # CSI, OSC, DCS/SOS/PM/APC strings, 8-bit CSI and the remaining two-character escapes.
 _ESCAPE_RE = re.compile(
@@ -82,7 +82,15 @@ def sanitize_lines(text: str) -> list[str]:
     return lines
 
 
-def encodable(text: str, stream: TextIO) -> str:
+class TextSink(Protocol):
+    """What a view writes to: a text stream (`sys.stdout`) or a `ViewSink` over one."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+def encodable(text: str, stream: TextSink) -> str:
     """`text` with what `stream`'s encoding cannot represent replaced (a view must not raise)."""
     encoding = getattr(stream, "encoding", None)
     if not encoding or "utf" in encoding.lower():
@@ -94,7 +102,7 @@ def encodable(text: str, stream: TextIO) -> str:
 # Colour
 
 
-def color_enabled(stream: TextIO, color: bool | None = None) -> bool:
+def color_enabled(stream: TextSink, color: bool | None = None) -> bool:
     """Colour when asked to, else when `stream` is a TTY and NO_COLOR is unset (or empty)."""
     if color is not None:
         return color

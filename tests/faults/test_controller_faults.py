@@ -1,6 +1,6 @@
 """Faults of the controller: signals, SIGKILL, and two runs (or two controllers) at once.
 
-Ctrl-C and SIGTERM cancel cleanly (the record says CANCELLED, remote builds are stopped, an
+Ctrl-C, SIGTERM and SIGHUP cancel cleanly (the record says CANCELLED, remote builds are stopped, an
 activation that has begun is left to finish); a SIGKILLed controller leaves a RUNNING record
 that the next start marks ABORTED; a host is deployed by one run at a time, whether the other
 run shares the state directory (the store's host locks) or not (the lock on the host itself).
@@ -67,7 +67,7 @@ def run_id_of(fleet: TestFleet, state_dir: Path | None = None) -> str:
 # Signals
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_a_build_cancels_and_stops_it(
     fleet_factory: FleetFactory, sig: signal.Signals
 ) -> None:
