@@ -8,6 +8,14 @@ A detached op runs in a run directory on the host, `<run_dir>/<run_id>/<op>.<att
     rc    its exit status, written in one small write as the shell ends; `finish` reads it
           only after `follow` has seen the shell end (or `rc` non-empty), so never half-written
 
+and one file per host, `<run_dir>/switch.lock`: the detached shell of every switch, rollback
+and force-rebuild holds a lock on it (flock) for as long as it lives, whoever started it and
+whether or not that controller still watches it, and names its run in it (`run R, OP attempt
+N`). A launch that finds it held waits for it (`wait` seconds, saying so on a `waiting=` line)
+and, when it is still held, starts nothing and prints `busy=` with the holder: one detached
+switch per host at a time, ever (a killed controller's orphan, a retry's previous attempt, or
+another controller's switch).
+
 `launch` starts it (as a transient systemd unit, or with setsid in a double fork so that no
 shell of ours is its parent), `follow` streams `out` from a byte offset until the process is
 gone (run again after a reconnect, from the bytes already received), `finish` reads `rc` and
@@ -40,6 +48,7 @@ class Launched:
     pid: int | None
     method: str
     system_before: str | None
+    busy: str | None = None  # who held the switch lock when the launch gave up waiting
 
 
 def run_directory(host: Host, run_id: str, op_id: str, attempt: int) -> str:
@@ -50,14 +59,39 @@ def unit_name(run_id: str, op_id: str, attempt: int) -> str:
     return f"fleet-{run_id}-{op_id}-{attempt}".replace("_", "-")
 
 
+def switch_lock(host: Host) -> str:
+    """The host's one switch lock, held by the detached shell of whatever switch runs."""
+    return f"{host.run_dir}/switch.lock"
+
+
 def inner_script() -> str:
-    """The detached shell's program: `sh -c INNER sh DIR HELD ARGV...`. It holds the lock
-    to the end: the one it inherits (HELD=1: the launch took it for it) or one it takes
-    before it writes `pid`; the command itself does not inherit it."""
+    """The detached shell's program: `sh -c INNER sh DIR HELD SWITCHLOCK HOLDER ARGV...`.
+    It holds both locks to the end: the ones it inherits (HELD=1: the launch took them for
+    it) or ones it takes (waiting for the switch lock) before it writes `pid`; the command
+    itself inherits neither."""
     return (
-        'd=$1; h=$2; shift 2; [ "$h" = 1 ] || { exec 9>>"$d/lock"; flock 9 2>/dev/null; }; '
-        'echo $$ > "$d/pid"; "$@" > "$d/out" 2>&1 9>&-; echo $? > "$d/rc"'
+        'd=$1; h=$2; s=$3; w=$4; shift 4; [ "$h" = 1 ] || { exec 9>>"$d/lock"; '
+        'flock 9 2>/dev/null; exec 7>>"$s"; flock 7 2>/dev/null; '
+        """printf '%s\\n' "$w" > "$s"; }; """
+        'echo $$ > "$d/pid"; "$@" > "$d/out" 2>&1 7>&- 9>&-; echo $? > "$d/rc"'
     )
+
+
+def wait_switch_lines(host: Host, holder: str, wait: int) -> str:
+    """Shell (in the launch): take the host's switch lock as descriptor 7, waiting up to
+    `wait` seconds for a switch that holds it (printing `waiting=HOLDER` first), or print
+    `busy=HOLDER` and exit 1. Without `flock`, or a lock file it cannot open, it goes on."""
+    s = shlex.quote(switch_lock(host))
+    return f"""\
+if command -v flock >/dev/null && true >> {s}; then
+  exec 7>>{s}
+  if ! flock -n 7; then
+    o=; read -r o < {s}; printf 'waiting=%s\\n' "$o"
+    if ! flock -w {wait} 7; then o=; read -r o < {s}; printf 'busy=%s\\n' "$o"; exit 1; fi
+  fi
+  printf '%s\\n' {shlex.quote(holder)} > {s}
+fi
+"""
 
 
 def resolve_path(var: str, path: str) -> str:
@@ -70,7 +104,14 @@ def resolve_path(var: str, path: str) -> str:
 
 
 def launch_script(
-    host: Host, directory: str, argv: Sequence[str], *, unit: str, detach: Detach | None = None
+    host: Host,
+    directory: str,
+    argv: Sequence[str],
+    *,
+    unit: str,
+    detach: Detach | None = None,
+    holder: str = "",
+    wait: int = 0,
 ) -> str:
     """Record the system profile, start `argv` detached, print `before=`, `method=`, `pid=`.
 
@@ -78,11 +119,16 @@ def launch_script(
     the launch takes the lock and hands it down, and the pid is `$!` (setsid does not fork: a
     background job of a non-interactive shell does not lead a process group), so it waits for
     nothing; systemd-run starts the command elsewhere, so the launch waits for its `pid`.
+    First it takes the host's switch lock (`wait_switch_lines`: `holder` names this switch
+    in it, `wait` bounds the wait for another's), which the setsid shell inherits and the
+    systemd unit takes again itself.
     """
     mode = detach or host.detach
     d = shlex.quote(directory)
     inner = {
-        held: shlex.join(["sh", "-c", inner_script(), "sh", directory, held, *argv])
+        held: shlex.join(
+            ["sh", "-c", inner_script(), "sh", directory, held, switch_lock(host), holder, *argv]
+        )
         for held in ("0", "1")
     }
     systemd = shlex.join(
@@ -94,22 +140,23 @@ def launch_script(
         Detach.AUTO: '[ -d /run/systemd/system ] && [ "$(id -u)" = 0 ] '
         "&& command -v systemd-run >/dev/null",
     }[mode]
+    take_switch_lock = wait_switch_lines(host, holder, wait)
     return f"""\
 d={d}
 mkdir -p "$d" || exit 1
-for f in pid lock out rc; do [ ! -e "$d/$f" ] || rm -f -- "$d/$f" || exit 1; done
+{take_switch_lock}for f in pid lock out rc; do [ ! -e "$d/$f" ] || rm -f -- "$d/$f" || exit 1; done
 : > "$d/out" || exit 1
 {resolve_path("b", host.system_profile)}
 printf '%s\\n' "$b" > "$d/before"; printf 'before=%s\\n' "$b"
 p=
 if {use_systemd}; then
-  m=systemd-run; echo method=$m
+  m=systemd-run; echo method=$m; exec 7>&-
   {systemd} --setenv=PATH="$PATH" -- {inner["0"]} || exit 1
 else
   m=setsid; echo method=$m
   exec 9>>"$d/lock"; flock 9 2>/dev/null
   setsid {inner["1"]} </dev/null >/dev/null 2>&1 & p=$!
-  exec 9>&-
+  exec 9>&- 7>&-
 fi
 i=0; while [ -z "$p" ] && [ $i -lt 1500 ]; do
   if [ -s "$d/pid" ]; then read -r p < "$d/pid"; else sleep 0.02; i=$((i+1)); fi
@@ -130,13 +177,20 @@ def recover_script(directory: str) -> str:
 
 def parse_launch(output: bytes) -> Launched:
     text = output.decode("utf-8", "replace")
-    values = dict(re.findall(r"^(before|method|pid)=(.*)$", text, re.M))
+    values = dict(re.findall(r"^(before|method|pid|busy)=(.*)$", text, re.M))
     pid = values.get("pid", "").strip()
     return Launched(
         pid=int(pid) if pid.isdigit() else None,
         method=values.get("method", "?"),
         system_before=values.get("before", "").strip() or None,
+        busy=values["busy"].strip() or "another switch" if "busy" in values else None,
     )
+
+
+def waiting_for(head: bytes) -> str | None:
+    """Whose switch a launch is waiting for (its `waiting=` line), if it is waiting."""
+    found = re.search(rb"^waiting=(.*)$", head, re.M)
+    return found[1].decode("utf-8", "replace").strip() or "another switch" if found else None
 
 
 def follow_script(directory: str, pid: int, offset: int) -> str:
@@ -173,6 +227,8 @@ def run_script(
     unit: str,
     delimiter: str,
     detach: Detach | None = None,
+    holder: str = "",
+    wait: int = 0,
 ) -> str:
     """launch, follow and finish in one command; `DetachedStream(delimiter)` splits its output.
 
@@ -182,7 +238,7 @@ def run_script(
     # ends (while it waits for tail), so tail can watch it directly.
     follow_child = f'tail -s {FOLLOW_INTERVAL:g} -c +1 --pid="$p" -f "$d/out"\n'
     return (
-        launch_script(host, directory, argv, unit=unit, detach=detach)
+        launch_script(host, directory, argv, unit=unit, detach=detach, holder=holder, wait=wait)
         + '[ -n "$p" ] || exit 1\n'
         + f"printf '%s\\n' {launched}\n"
         + f'if [ "$m" = setsid ]; then {follow_child}else\n'

@@ -116,13 +116,20 @@ class HostOpRunner:
         directory = detach.run_directory(self.host, ctx.run_id, ctx.op.id, ctx.attempt)
         unit = detach.unit_name(ctx.run_id, ctx.op.id, ctx.attempt)
         stream = detach.DetachedStream(detach.new_delimiter())
+        wait = int(max(0.0, ctx.deadline - time.monotonic()) * 3 / 4)
+        holder = f"run {ctx.run_id}, {ctx.op.id} attempt {ctx.attempt}"
         script = detach.run_script(
-            self.host, directory, argv, unit=unit, delimiter=stream.delimiter
-        )
+            self.host, directory, argv, unit=unit, delimiter=stream.delimiter,
+            holder=holder, wait=wait,
+        )  # fmt: skip
+        waited: list[str] = []
 
         def sink(data: bytes) -> None:
             before = stream.launched
             out = stream.feed(data)
+            if before is None and not waited and (earlier := detach.waiting_for(stream.head)):
+                waited.append(earlier)
+                ctx.note(f"an earlier switch ({earlier}) is still running; waiting up to {wait}s")
             if before is None and stream.launched is not None:
                 info = stream.launched
                 ctx.note(f"{argv[0]} started detached ({info.method}, pid {info.pid})")
@@ -150,6 +157,13 @@ class HostOpRunner:
                 await self._stop_detached(ctx, directory, stream.launched.pid)
             raise
         launched = stream.launched or detach.parse_launch(stream.head)
+        if launched.busy is not None:
+            return OpOutcome(
+                exit_code=code or None,
+                system_before=launched.system_before,
+                error=f"an earlier switch ({launched.busy}) is still running after {wait}s:"
+                f" started no other {argv[0]} on this host",
+            )
         if stream.launched is None or launched.pid is None:
             return OpOutcome(
                 exit_code=code or None,
