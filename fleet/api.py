@@ -18,6 +18,7 @@ from fleet.config.selection import select_hosts
 from fleet.errors import ConfigError
 from fleet.events import EventBus, Subscriber
 from fleet.models import (
+    CONTROLLER,
     Host,
     HostResult,
     HostStatus,
@@ -132,7 +133,7 @@ class Fleet:
         for op_id in plan.pipeline.ops:
             op = self.inventory.ops.get(op_id)
             if op.scope is Scope.CONTROLLER:
-                rows.append(("controller", op.id, describe_controller_op(self, op, plan)))
+                rows.append((CONTROLLER, op.id, describe_controller_op(self, op, plan)))
                 continue
             for host in plan.hosts:
                 rows.append((host.name, op.id, describe_host_op(op, host)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,6 +33,11 @@ def is_valid_name(value: str) -> bool:
 class Scope(StrEnum):
     HOST = "host"
     CONTROLLER = "controller"
+
+
+# The controller's name wherever a host's name would go: the views, the log directories, the
+# dashboard's logs endpoint; and the host name fleet.toml may not use.
+CONTROLLER: str = Scope.CONTROLLER.value
 
 
 class Mode(StrEnum):
@@ -142,6 +147,56 @@ class Host:
     @property
     def attr(self) -> str:
         return self.flake_attr or self.name
+
+    def to_json(self) -> dict[str, Any]:
+        """The host as `fleet hosts --json` and the dashboard show it."""
+        return {
+            "name": self.name,
+            "address": self.address,
+            "hostname": self.hostname,
+            "port": self.port,
+            "user": self.user,
+            "tags": list(self.tags),
+            "repo": self.repo,
+            "remote": self.remote,
+            "branch": self.branch,
+            "sudo": self.sudo,
+            "flake_attr": self.attr,
+            "restart_units": list(self.restart_units),
+            "system_profile": self.system_profile,
+            "detach": self.detach.value,
+            "proxy_jump": self.proxy_jump,
+        }
+
+
+# OpenSSH's ProxyJump: `[ssh://][user@]host[:port]` hops separated by commas, host maybe `[v6]`.
+# Read here once: config checks each hop's user and host, the transport dials them.
+JUMP_HOP_RE = re.compile(
+    r"(?:ssh://)?(?:(?P<user>[^@]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\[\]]+)(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+@dataclass(frozen=True)
+class JumpHost:
+    """One hop of a ProxyJump value, as written (no user: the local user; no port: 22)."""
+
+    user: str | None
+    hostname: str  # a v6 address without its brackets
+    port: int | None = None
+
+
+def parse_proxy_jump(value: str) -> list[JumpHost]:
+    """The hops of a ProxyJump value; ValueError says which hop is not `[user@]host[:port]`."""
+    hops = []
+    for hop in value.split(","):
+        match = JUMP_HOP_RE.fullmatch(hop)
+        if not match:
+            raise ValueError(f"{hop!r} is not [user@]host[:port]")
+        user, host, port = match.group("user", "host", "port")
+        if port is not None and not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} is not 1..65535")
+        hops.append(JumpHost(user, host.strip("[]"), int(port) if port is not None else None))
+    return hops
 
 
 @dataclass(frozen=True)
@@ -293,6 +348,25 @@ class Run:
             "hosts": {name: h.to_json() for name, h in self.hosts.items()},
         }
 
+    def log_keys(
+        self, host: str | None = None, op: str | None = None
+    ) -> Iterator[tuple[str | None, str]]:
+        """(host, op) of every op whose log is asked for, host None for a controller op: all of
+        them, one host's (CONTROLLER: the controller's) and/or one op's. An unknown host or op
+        is a ConfigError naming the run."""
+        if host is not None and host != CONTROLLER and host not in self.hosts:
+            raise ConfigError(f"run {self.run_id} has no host {host!r}")
+        keys: list[tuple[str | None, str]] = []
+        if host in (None, CONTROLLER):
+            keys.extend((None, r.op) for r in self.controller_ops)
+        for name, result in self.hosts.items():
+            if host in (None, name):
+                keys.extend((name, r.op) for r in result.ops)
+        if op is not None and all(op != o for _, o in keys):
+            on = f" on host {host}" if host is not None else ""
+            raise ConfigError(f"run {self.run_id} has no op {op!r}{on}")
+        yield from (key for key in keys if op in (None, key[1]))
+
     def summary_json(self) -> dict[str, Any]:
         statuses = [h.status for h in self.hosts.values()]
         return {
@@ -399,12 +473,33 @@ class RunOptions:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunOptions:
-        max_fail = data.get("max_fail")
+    def parse(
+        cls,
+        *,
+        mode: str = Mode.LOCKSTEP.value,
+        max_parallel: int | None = None,
+        max_fail: str | int | None = None,
+        rollback_on_failure: bool = False,
+        pr: int | None = None,
+        selector: str | None = None,
+    ) -> RunOptions:
+        """The one parser of options given as text: the CLI's flags, the dashboard's POST body
+        and the stored JSON all come here. A bad max-fail is a ConfigError ("" included)."""
         return cls(
-            mode=Mode(data.get("mode", "lockstep")),
+            mode=Mode(mode),
+            max_parallel=max_parallel,
+            max_fail=MaxFail.parse(str(max_fail)) if max_fail is not None else None,
+            rollback_on_failure=rollback_on_failure,
+            pr=pr,
+            selector=selector,
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunOptions:
+        return cls.parse(
+            mode=data.get("mode", Mode.LOCKSTEP.value),
             max_parallel=data.get("max_parallel"),
-            max_fail=MaxFail.parse(max_fail) if max_fail else None,
+            max_fail=data.get("max_fail") or None,
             rollback_on_failure=bool(data.get("rollback_on_failure")),
             pr=data.get("pr"),
             selector=data.get("on"),

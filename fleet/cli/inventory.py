@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
@@ -23,33 +22,13 @@ def hosts_cmd(app: AppContext, /, selector: str | None, as_json: bool) -> None:
     inventory = load_inventory(find_config(app.config))
     hosts = select_hosts(inventory, selector)
     if as_json:
-        click.echo(json.dumps([_host_json(h) for h in hosts], indent=2))
+        click.echo(json.dumps([h.to_json() for h in hosts], indent=2))
         return
     rows = [
         [h.name, f"{h.user}@{h.hostname}:{h.port}", ",".join(h.tags), h.repo, h.branch, h.attr]
         for h in hosts
     ]
     click.echo(render_table(["HOST", "SSH", "TAGS", "REPO", "BRANCH", "ATTR"], rows))
-
-
-def _host_json(h: Any) -> dict[str, Any]:
-    return {
-        "name": h.name,
-        "address": h.address,
-        "hostname": h.hostname,
-        "port": h.port,
-        "user": h.user,
-        "tags": list(h.tags),
-        "repo": h.repo,
-        "remote": h.remote,
-        "branch": h.branch,
-        "sudo": h.sudo,
-        "flake_attr": h.attr,
-        "restart_units": list(h.restart_units),
-        "system_profile": h.system_profile,
-        "detach": h.detach.value,
-        "proxy_jump": h.proxy_jump,
-    }
 
 
 @click.command("ops")

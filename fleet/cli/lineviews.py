@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from fleet.cli.tables import CONTROLLER, counts_text, describe_result
+from fleet.cli.tables import counts_text, describe_result
 from fleet.cli.text import (
     TextSink,
     color_enabled,
@@ -34,7 +34,7 @@ from fleet.events import (
     RunStarted,
     event_json,
 )
-from fleet.models import HostResult, HostStatus, Run
+from fleet.models import CONTROLLER, HostResult, HostStatus, Run
 
 __all__ = ["MAX_OUTPUT_LINE", "JsonProgress", "PlainView"]
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fleet.cli.tables import CONTROLLER, host_duration, status_counts
+from fleet.cli.tables import host_duration, status_counts
 from fleet.cli.text import (
     BOLD,
     DIM,
@@ -34,7 +34,7 @@ from fleet.events import (
     RunFinished,
     RunStarted,
 )
-from fleet.models import HostResult, HostStatus, OpStatus, Run
+from fleet.models import CONTROLLER, HostResult, HostStatus, OpStatus, Run
 
 __all__ = ["LiveView"]
 

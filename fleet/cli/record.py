@@ -6,7 +6,6 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,8 @@ import click
 
 from fleet.cli.context import AppContext, pass_app
 from fleet.cli.run import tail_reader
-from fleet.cli.tables import CONTROLLER
 from fleet.errors import ConfigError
-from fleet.models import Run, RunStatus
+from fleet.models import CONTROLLER, RunStatus
 
 
 @click.command("status")
@@ -89,9 +87,10 @@ def logs_cmd(
     while True:
         run = store.get_run(rid)
         printed = False
-        for who, op_id in _log_keys(run, host, op):
-            path = store.log_path(rid, None if who == CONTROLLER else who, op_id)
-            printed |= _print_new(out, path, offsets, (who, op_id), header=not (host and op))
+        for who, op_id in run.log_keys(host, op):
+            path = store.log_path(rid, who, op_id)
+            key = (who or CONTROLLER, op_id)
+            printed |= _print_new(out, path, offsets, key, header=not (host and op))
         if not follow or run.status is not RunStatus.RUNNING:
             if not offsets and not printed and not follow:
                 click.echo(
@@ -102,31 +101,6 @@ def logs_cmd(
                 )
             return
         time.sleep(0.5)
-
-
-def _log_keys(run: Run, host: str | None, op: str | None) -> Iterator[tuple[str, str]]:
-    if host is not None and host != CONTROLLER and host not in run.hosts:
-        raise ConfigError(f"run {run.run_id} has no host {host!r}")
-    if op is not None and op not in _ops_of(run, host):
-        on = f" on host {host}" if host is not None else ""
-        raise ConfigError(f"run {run.run_id} has no op {op!r}{on}")
-    if host in (None, CONTROLLER):
-        for r in run.controller_ops:
-            if op in (None, r.op):
-                yield CONTROLLER, r.op
-    for name, result in run.hosts.items():
-        if host in (None, name):
-            for r in result.ops:
-                if op in (None, r.op):
-                    yield name, r.op
-
-
-def _ops_of(run: Run, host: str | None) -> set[str]:
-    ops = {r.op for r in run.controller_ops} if host in (None, CONTROLLER) else set()
-    for name, result in run.hosts.items():
-        if host in (None, name):
-            ops.update(r.op for r in result.ops)
-    return ops
 
 
 def _print_new(

@@ -15,10 +15,9 @@ import click
 
 from fleet.api import Fleet, PlannedRun
 from fleet.cli.context import EXIT_CANCELLED, AppContext, pass_app
-from fleet.cli.tables import CONTROLLER
 from fleet.errors import FleetError
 from fleet.events import Subscriber
-from fleet.models import MaxFail, Mode, Run, RunOptions, RunStatus, Scope
+from fleet.models import CONTROLLER, Mode, Run, RunOptions, RunStatus, Scope
 from fleet.state import StateStore
 
 F = Callable[..., Any]
@@ -83,10 +82,10 @@ def build_options(
     rollback_on_failure: bool,
     pr: int | None,
 ) -> RunOptions:
-    return RunOptions(
-        mode=Mode(mode),
+    return RunOptions.parse(
+        mode=mode,
         max_parallel=max_parallel,
-        max_fail=MaxFail.parse(max_fail) if max_fail is not None else None,  # "" is refused
+        max_fail=max_fail,
         rollback_on_failure=rollback_on_failure,
         pr=pr,
         selector=selector,

@@ -22,12 +22,10 @@ from fleet.cli.text import (
     status_style,
     truncate,
 )
-from fleet.models import HostResult, HostStatus, OpResult, OpStatus, Run
+from fleet.models import CONTROLLER, HostResult, HostStatus, OpResult, OpStatus, Run
 
 TAIL_LINES = 20
 TAIL_LINE_CHARS = 1000  # of one line of a failure's output in the summary
-
-CONTROLLER = "controller"  # the name the views show for the controller (ops with no host)
 
 _OP_SHORT = {
     OpStatus.PENDING: "-",

@@ -32,7 +32,6 @@ from fleet.config.dialling import SSH_KEYS, host_dialling, read_ssh_settings
 from fleet.config.sshconfig import SshConfig
 from fleet.config.toml_table import Table, first_set
 from fleet.config.validate import (
-    InvalidValue,
     check_address,
     check_branch,
     check_command,
@@ -42,11 +41,9 @@ from fleet.config.validate import (
     check_flake_input,
     check_git_email,
     check_git_name,
-    check_git_ref_rules,
     check_local_path,
     check_op_id,
     check_pr_ref,
-    check_proxy_jump,
     check_remote,
     check_remote_path,
     check_tag,
@@ -67,30 +64,10 @@ from fleet.models import (
 from fleet.ops.builtin import TUNABLE, OpRegistry
 from fleet.ops.pipelines import PipelineRegistry
 
-__all__ = [  # the validators are re-exported for callers that import them from here
+__all__ = [
     "CONFIG_NAME",
     "DEFAULT_SSH_CONFIG",
-    "InvalidValue",
     "Inventory",
-    "check_address",
-    "check_branch",
-    "check_command",
-    "check_description",
-    "check_flake_attr",
-    "check_flake_attr_template",
-    "check_flake_input",
-    "check_git_email",
-    "check_git_name",
-    "check_git_ref_rules",
-    "check_local_path",
-    "check_op_id",
-    "check_pr_ref",
-    "check_proxy_jump",
-    "check_remote",
-    "check_remote_path",
-    "check_tag",
-    "check_unit",
-    "check_user",
     "find_config",
     "load_inventory",
     "parse_inventory",

@@ -151,17 +151,6 @@ class SshConfig:
         )
 
 
-def resolve(
-    text_or_path: str | Path, host_alias: str, *, ssh_dir: Path | None = None
-) -> SshConfigEntry:
-    """What the config (given as text, or as the path of a file) says about `host_alias`."""
-    if isinstance(text_or_path, Path):
-        config = SshConfig.load(text_or_path, ssh_dir=ssh_dir)
-    else:
-        config = SshConfig.parse(text_or_path, ssh_dir=ssh_dir)
-    return config.resolve(host_alias)
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing
 

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from fleet.config.validate import NAME_RULE, show
 from fleet.errors import ConfigError
-from fleet.models import is_valid_name
+from fleet.models import CONTROLLER, is_valid_name
 
 MAX_SECONDS = 7 * 24 * 3600.0
 
@@ -86,8 +86,8 @@ class Table:
         """A host, op or pipeline id: a valid name, not differing from another only in case."""
         if not is_valid_name(name):
             raise self.error(name, f"invalid {what} name ({NAME_RULE})")
-        if what == "host" and name == "controller":
-            raise self.error(name, "'controller' is reserved for the controller's own ops")
+        if what == "host" and name == CONTROLLER:
+            raise self.error(name, f"{CONTROLLER!r} is reserved for the controller's own ops")
         for other in existing:
             if other != name and other.lower() == name.lower():
                 raise self.error(name, f"{what} name differs from {other!r} only in case")

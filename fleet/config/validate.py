@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fleet.models import is_valid_name
+from fleet.models import is_valid_name, parse_proxy_jump
 
 
 def show(value: str) -> str:
@@ -108,9 +108,6 @@ EMAIL = _Alphabet(
     re.compile(r"[A-Za-z0-9._+][A-Za-z0-9._+-]*@[A-Za-z0-9][A-Za-z0-9.-]*"),
     "user@host of letters, digits, . _ + -",
     254,
-)
-HOP_RE = re.compile(
-    r"(?:ssh://)?(?:(?P<user>[^@]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\[\]]+)(?::(?P<port>[0-9]{1,5}))?"
 )
 
 
@@ -220,22 +217,20 @@ def check_git_email(value: str) -> None:
 
 
 def check_proxy_jump(value: str) -> None:
-    """OpenSSH's ProxyJump: `[ssh://][user@]host[:port]` hops separated by commas."""
+    """OpenSSH's ProxyJump (fleet.models.parse_proxy_jump), each hop's user and host checked."""
     if len(value) > 1024:
         raise InvalidValue("ProxyJump", value, "longer than 1024 characters")
-    for hop in value.split(","):
-        match = HOP_RE.fullmatch(hop)
-        if not match:
-            raise InvalidValue("ProxyJump", value, f"{hop!r} is not [user@]host[:port]")
-        user, host, port = match.group("user", "host", "port")
+    try:
+        hops = parse_proxy_jump(value)
+    except ValueError as exc:
+        raise InvalidValue("ProxyJump", value, str(exc)) from None
+    for hop in hops:
         try:
-            if user is not None:
-                USER.check(user)
-            ADDRESS.check(host.strip("[]"))
+            if hop.user is not None:
+                USER.check(hop.user)
+            ADDRESS.check(hop.hostname)
         except InvalidValue as exc:
             raise InvalidValue("ProxyJump", value, f"{exc.what} {exc.value!r}: {exc.why}") from None
-        if port is not None and not 1 <= int(port) <= 65535:
-            raise InvalidValue("ProxyJump", value, f"port {port} is not 1..65535")
 
 
 def check_git_name(value: str) -> None:

@@ -31,7 +31,6 @@ import functools
 import getpass
 import json
 import os
-import resource
 import signal
 import sys
 import warnings
@@ -40,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.transport._asyncssh import asyncssh
+from fleet.transport.ssh import raise_nofile_limit
 
 TOKEN_VAR = "FLEET_DEMO_SERVER"
 _PASSED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
-_NOFILE_WANTED = 65536
 _GRACE = 2.0  # seconds between SIGTERM and SIGKILL at shutdown
 
 
@@ -443,20 +442,6 @@ def kill_marked(token: str, signum: int) -> int:
 # The process
 
 
-def raise_open_file_limit(wanted: int = _NOFILE_WANTED) -> int:
-    """Raise RLIMIT_NOFILE's soft limit towards `wanted` (within the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        for value in (target, 10240):  # darwin refuses more than OPEN_MAX
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (value, hard))
-            except (ValueError, OSError):
-                continue
-            return value
-    return soft
-
-
 def _use_pidfd_watcher() -> None:
     """Python 3.11 watches each child with a thread; a pidfd costs a file descriptor instead."""
     if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
@@ -507,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     spec = ServerSpec.parse(args.spec.read_text())
-    raise_open_file_limit()
+    raise_nofile_limit()
     _use_pidfd_watcher()
     asyncio.run(serve(spec, ready={"pid": os.getpid()}))
     return 0

@@ -34,7 +34,6 @@ The modules, one concept each:
 """
 
 from fleet.state.database import BUSY_TIMEOUT, DB_NAME
-from fleet.state.logs import CONTROLLER_LOGS
 from fleet.state.processes import Controller, process_alive, process_start_time
 from fleet.state.rows import TAIL_BYTES
 from fleet.state.schema import SCHEMA_VERSION
@@ -42,7 +41,6 @@ from fleet.state.store import StateStore
 
 __all__ = [
     "BUSY_TIMEOUT",
-    "CONTROLLER_LOGS",
     "DB_NAME",
     "SCHEMA_VERSION",
     "TAIL_BYTES",

@@ -18,10 +18,8 @@ from contextlib import suppress
 from pathlib import Path
 
 from fleet.errors import StateError
-from fleet.models import OpResult, OpStatus, is_valid_name
+from fleet.models import CONTROLLER, OpResult, OpStatus, is_valid_name
 from fleet.state.database import os_problem
-
-CONTROLLER_LOGS = "controller"  # the log directory of a run's controller ops
 
 LogKey = tuple[str, str | None, str]  # (run_id, host, op); host None for a controller op
 
@@ -40,10 +38,10 @@ class OpLogs:
 
     def path(self, run_id: str, host: str | None, op: str) -> Path:
         """Where an op's output is kept; `host` None (or "") for a controller op."""
-        for kind, name in (("run id", run_id), ("host", host or CONTROLLER_LOGS), ("op", op)):
+        for kind, name in (("run id", run_id), ("host", host or CONTROLLER), ("op", op)):
             if not is_valid_name(name):
                 raise StateError(f"invalid {kind} {name!r}: not a log name")
-        return self.dir / run_id / (host or CONTROLLER_LOGS) / f"{op}.log"
+        return self.dir / run_id / (host or CONTROLLER) / f"{op}.log"
 
     def _run_path(self, run_id: str, host: str | None, op: str) -> Path:
         """`path`, remembered for a run this process records (forgotten with `forget_run`;

@@ -176,10 +176,6 @@ class StateStore:
             return False
         return not Controller(hostname, pid, start).gone(self._hostname)
 
-    def release_hosts(self, run_id: str) -> None:
-        with self._db.transaction() as conn:
-            conn.execute("DELETE FROM host_locks WHERE run_id = ?", (run_id,))
-
     def locked_hosts(self) -> dict[str, str]:
         """{host: run_id} for every lock recorded (some may belong to gone processes)."""
         with self._db.transaction("BEGIN") as conn:

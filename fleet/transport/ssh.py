@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import ConnectError, HostKeyError
-from fleet.models import Host, SshSettings
+from fleet.models import Host, SshSettings, parse_proxy_jump
 from fleet.transport._asyncssh import asyncssh
 from fleet.transport.hostkeys import HostKeyCheck, KnownHostsCache, known_hosts_name
 from fleet.transport.shell import CLOSE_TIMEOUT, ShellSession, ShellStream, StreamClosed
@@ -45,13 +45,17 @@ CIPHERS = _ciphers()
 
 
 def raise_nofile_limit() -> int:
-    """Raise the soft limit on open files to the hard limit (a fleet holds many sockets)."""
+    """Raise the soft limit on open files to the hard limit (a fleet, or the demo's server of
+    simulated hosts, holds many sockets); the soft limit it ends at."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
+        for value in (target, 10240):  # darwin refuses more than OPEN_MAX
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (value, hard))
+            except (ValueError, OSError):
+                continue
+            return value
     return soft
 
 
@@ -72,32 +76,16 @@ class Hop:
         """The host as known_hosts names it: `host`, or `[host]:port` off port 22."""
         return known_hosts_name(self.hostname, self.port)
 
-    @classmethod
-    def parse(cls, spec: str, *, default_user: str) -> Hop:
-        """`[user@]host[:port]` (host may be `[v6addr]`), or `ssh://` the same."""
-        rest = spec.strip().removeprefix("ssh://")
-        user, at, rest = rest.rpartition("@")
-        port = 22
-        if rest.startswith("["):
-            hostname, _, tail = rest[1:].partition("]")
-            if tail.startswith(":"):
-                port = int(tail[1:])
-        elif rest.count(":") == 1:
-            hostname, _, port_text = rest.partition(":")
-            port = int(port_text)
-        else:
-            hostname = rest
-        if not hostname or not 0 < port < 65536:
-            raise ValueError(f"not a jump host: {spec!r}")
-        return cls(user if at else default_user, hostname, port)
-
 
 def hops_of(host: Host) -> list[Hop]:
     """The jump hosts (ProxyJump, comma-separated, as OpenSSH) then the host itself."""
     hops = []
     if host.proxy_jump and host.proxy_jump.lower() != "none":
         local_user = getpass.getuser()  # OpenSSH's default user for a jump host
-        hops = [Hop.parse(part, default_user=local_user) for part in host.proxy_jump.split(",")]
+        hops = [
+            Hop(jump.user or local_user, jump.hostname, jump.port or 22)
+            for jump in parse_proxy_jump(host.proxy_jump)  # ValueError for a bad hop
+        ]
     return [*hops, Hop(host.user, host.hostname, host.port)]
 
 

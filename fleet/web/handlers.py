@@ -8,19 +8,16 @@ request (unknown pipeline, selector matching no host, missing --pr), 404 for an 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 
 from fleet.errors import ConfigError, Conflict, FleetError, HostSelectionError, StateError
-from fleet.models import MaxFail, Mode, Run, RunOptions, is_valid_name, iso, utcnow
+from fleet.models import CONTROLLER, Mode, Run, RunOptions, is_valid_name, iso, utcnow
 from fleet.web.overview import HISTORY_FOR_HOSTS, host_overview, pipeline_overview
 from fleet.web.runs import RunManager
 
 MANAGER = web.AppKey("manager", RunManager)
-CONTROLLER = "controller"  # the `host` of controller ops in the logs endpoint
-DEFAULT_TAIL = 16384
 MAX_RUNS = 500
 RUN_FIELDS = {"pipeline", "on", "pr", "mode", "max_parallel", "max_fail", "rollback_on_failure"}
 
@@ -86,10 +83,10 @@ def parse_run_request(body: Any) -> tuple[str, RunOptions]:
     rollback = body.get("rollback_on_failure", False)
     if not isinstance(rollback, bool):
         raise ConfigError('"rollback_on_failure" must be true or false')
-    options = RunOptions(
-        mode=Mode(mode),
+    options = RunOptions.parse(
+        mode=mode,
         max_parallel=max_parallel,
-        max_fail=MaxFail.parse(str(max_fail)) if max_fail is not None else None,
+        max_fail=max_fail,
         rollback_on_failure=rollback,
         pr=pr,
         selector=on,
@@ -154,16 +151,6 @@ async def cancel_run(request: web.Request) -> web.Response:
 # -- logs ---------------------------------------------------------------------------------------
 
 
-def _log_keys(run: Run, host: str | None, op: str | None) -> Iterator[tuple[str | None, str]]:
-    if host is not None and host != CONTROLLER and host not in run.hosts:
-        raise StateError(f"run {run.run_id} has no host {host!r}")
-    if host in (None, CONTROLLER):
-        yield from ((None, r.op) for r in run.controller_ops if op in (None, r.op))
-    for name, result in run.hosts.items():
-        if host in (None, name):
-            yield from ((name, r.op) for r in result.ops if op in (None, r.op))
-
-
 async def get_logs(request: web.Request) -> web.StreamResponse:
     """One op's log (host and op given), else every matching op's log, each under a header.
     `last=N` gives only the last N bytes of each (the page's tail)."""
@@ -179,10 +166,8 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         if name is not None and not is_valid_name(name):
             return error(400, f"invalid {kind} name")
     try:
-        keys = list(_log_keys(run, host, op))
+        keys = list(run.log_keys(host, op))
         if host is not None and op is not None:
-            if not keys:
-                return error(404, f"run {run.run_id} has no op {op} on {host}")
             (who, op_id) = keys[0]
             path = store.log_path(run.run_id, who, op_id)
             size = path.stat().st_size if path.exists() else 0
@@ -196,7 +181,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
             if data:
                 parts.append(f"==> {who or CONTROLLER} {op_id} <==\n".encode())
                 parts.append(data if data.endswith(b"\n") else data + b"\n")
-    except StateError as exc:
+    except (ConfigError, StateError) as exc:  # no such host or op in the run: not found
         return error(404, str(exc))
     return web.Response(body=b"".join(parts), headers=_text_headers(None))
 

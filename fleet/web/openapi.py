@@ -103,6 +103,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "Host": {
         "type": "object",
+        "description": "The host as `fleet hosts --json` shows it (repo, branch, sudo, ... too), "
+        "with its last run, current op and system.",
         "properties": {
             "name": {"type": "string"},
             "address": {"type": "string"},

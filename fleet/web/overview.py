@@ -19,12 +19,7 @@ def host_overview(host: Host, runs: Sequence[Run]) -> dict[str, Any]:
     the system path before and after its last switch. `runs` is newest first."""
     last = next((r for r in runs if host.name in r.hosts), None)
     return {
-        "name": host.name,
-        "address": host.address,
-        "hostname": host.hostname,
-        "port": host.port,
-        "user": host.user,
-        "tags": list(host.tags),
+        **host.to_json(),  # the one JSON form of a host, as `fleet hosts --json` shows it
         "last_run": _last_run(host.name, last) if last else None,
         "current": _current(host.name, last) if last else None,
         "system": _last_switch(host.name, runs),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import resource
 import shutil
@@ -468,11 +469,12 @@ def test_hops() -> None:
         name="h", address="h", hostname="h.lan", proxy_jump="a@bastion:2222,ssh://b@[fd00::1]:22"
     )
     assert hops_of(jumped) == [Hop("a", "bastion", 2222), Hop("b", "fd00::1"), Hop("root", "h.lan")]
-    assert Hop.parse("bastion", default_user="me") == Hop("me", "bastion")
+    alone = Host(name="h", address="h", hostname="h.lan", proxy_jump="bastion")
+    assert hops_of(alone)[0] == Hop(getpass.getuser(), "bastion")
     assert Hop("u", "h", 22).label == "h"
     assert Hop("u", "h", 2222).label == "[h]:2222"
     with pytest.raises(ValueError):
-        Hop.parse("a@host:99999", default_user="me")
+        hops_of(Host(name="h", address="h", hostname="h.lan", proxy_jump="a@host:99999"))
 
 
 def test_raise_nofile_limit() -> None:

@@ -10,15 +10,8 @@ from typing import Any
 
 import pytest
 
-from fleet.config.inventory import (
-    InvalidValue,
-    Inventory,
-    check_branch,
-    check_user,
-    find_config,
-    load_inventory,
-    parse_inventory,
-)
+from fleet.config.inventory import Inventory, find_config, load_inventory, parse_inventory
+from fleet.config.validate import InvalidValue, check_branch, check_user
 from fleet.errors import ConfigError
 from fleet.models import (
     ControllerSettings,

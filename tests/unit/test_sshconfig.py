@@ -7,8 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from fleet.config.sshconfig import SshConfig, SshConfigEntry, resolve, split_line
+from fleet.config.sshconfig import SshConfig, SshConfigEntry, split_line
 from fleet.errors import ConfigError
+
+
+def resolve(
+    text_or_path: str | Path, host_alias: str, *, ssh_dir: Path | None = None
+) -> SshConfigEntry:
+    """What the config (text, or the path of a file) says about `host_alias`: the tests'
+    shorthand for SshConfig.parse/load(...).resolve(alias)."""
+    if isinstance(text_or_path, Path):
+        config = SshConfig.load(text_or_path, ssh_dir=ssh_dir)
+    else:
+        config = SshConfig.parse(text_or_path, ssh_dir=ssh_dir)
+    return config.resolve(host_alias)
+
 
 BASIC = """\
 # a comment
