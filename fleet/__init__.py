@@ -32,7 +32,6 @@ from fleet.errors import (
     HostKeyError,
     HostLockedError,
     HostSelectionError,
-    OpError,
     StateError,
 )
 from fleet.models import (
@@ -81,7 +80,6 @@ __all__ = [
     "MaxFail",
     "Mode",
     "Op",
-    "OpError",
     "OpResult",
     "OpStatus",
     "Pipeline",

@@ -9,15 +9,15 @@
         ├── ConnectError         the host cannot be reached or authenticated
         │   └── HostKeyError     its host key is unknown (strict) or changed
         ├── ConnectionLost       an established connection dropped
-        ├── HostLockedError      another run (here or on another controller) holds the host
-        └── OpError              an op's command failed: command, exit code, last output lines
+        └── HostLockedError      another run (here or on another controller) holds the host
+
+A failed op is not an exception: it is an OpResult (status, exit code, error, output tail) in
+the run record, since one host's failure is data the run goes on with.
 
 Each error carries what a user needs to act on it, and `str(error)` is one line.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 
 class FleetError(Exception):
@@ -75,19 +75,3 @@ class HostLockedError(HostError):
     def __init__(self, host: str, holder: str) -> None:
         self.holder = holder
         super().__init__(host, f"held by {holder}")
-
-
-class OpError(HostError):
-    def __init__(
-        self,
-        host: str,
-        message: str,
-        *,
-        command: Sequence[str] | str | None = None,
-        exit_code: int | None = None,
-        last_lines: Sequence[str] = (),
-    ) -> None:
-        self.command = command
-        self.returncode = exit_code
-        self.last_lines = tuple(last_lines)
-        super().__init__(host, message)
