@@ -22,8 +22,11 @@
       fleetOf = pkgs: self.packages.${pkgs.stdenv.hostPlatform.system}.fleet;
     in
     {
+      # nixpkgs has a `fleet` of its own, fleetdm's Fleet server (pkgs/by-name/fl/fleet, binary
+      # `fleet`), so the overlay adds this one under a name nixpkgs does not use; its binary is
+      # still `fleet`.
       overlays.default = final: prev: {
-        fleet = final.callPackage ./nix/package.nix { };
+        fleet-deploy = final.callPackage ./nix/package.nix { };
       };
 
       packages = forSystems (linux ++ darwin) (pkgs: {
@@ -53,11 +56,9 @@
           {
             key = "fleet#nixosModules.fleet";
             imports = [ ./nix/module.nix ];
-            # nixpkgs has no fleet: unless the overlay above added one, build it with the host's
-            # own nixpkgs.
-            services.fleet.package = lib.mkDefault (
-              pkgs.fleet or (pkgs.callPackage ./nix/package.nix { })
-            );
+            # This flake's fleet, built with the host's own nixpkgs (the same derivation as the
+            # overlay's fleet-deploy): never pkgs.fleet, which is fleetdm's.
+            services.fleet.package = lib.mkDefault (pkgs.callPackage ./nix/package.nix { });
           };
         default = self.nixosModules.fleet;
       };

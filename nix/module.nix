@@ -227,7 +227,9 @@ in
   options.services.fleet = {
     enable = lib.mkEnableOption "fleet, a controller that runs deployment pipelines (pull, switch, test) across NixOS hosts over SSH, with its dashboard";
 
-    package = lib.mkPackageOption pkgs "fleet" { };
+    # The flake's overlay adds it as fleet-deploy (pkgs.fleet is fleetdm's Fleet server); the
+    # flake's nixosModules.fleet sets it without the overlay.
+    package = lib.mkPackageOption pkgs "fleet-deploy" { };
 
     settings = mkOption {
       default = { };

@@ -8,9 +8,11 @@
   python3,
   python3Packages,
   runCommand,
+  util-linux,
 }:
 let
   project = (lib.importTOML ../pyproject.toml).project;
+  checkPhase = import ./check-phase.nix;
   fs = lib.fileset;
 
   # Everything the test suite and the linters need, for the dev shell and the lint check.
@@ -33,22 +35,17 @@ let
   );
 in
 python3Packages.buildPythonApplication rec {
-  pname = "fleet";
+  # Named as its attribute (the overlay's fleet-deploy): nixpkgs' own `fleet` is fleetdm's.
+  pname = "fleet-deploy";
   inherit (project) version;
   pyproject = true;
 
   src = fs.toSource {
     root = ../.;
-    fileset = fs.difference (fs.unions [
-      ../pyproject.toml
-      (fs.maybeMissing ../README.md)
-      ../fleet
-      ../tests
-      # tests/nix checks the Nix files themselves.
-      ../flake.nix
-      ../flake.lock
-      ../nix
-    ]) (fs.fileFilter (file: file.hasExt "pyc") ../.);
+    # nix/check-phase.nix says which paths (scripts/check-sandboxed copies the same ones).
+    fileset = fs.difference (fs.unions checkPhase.source) (
+      fs.fileFilter (file: file.hasExt "pyc") ../.
+    );
   };
 
   build-system = with python3Packages; [
@@ -63,7 +60,8 @@ python3Packages.buildPythonApplication rec {
   ];
 
   # The controller runs git (pull requests, flake.lock bumps), ssh (through git) and nix
-  # (flake updates); use the ones fleet was built with, not whatever is on the caller's PATH.
+  # (flake updates), and `fleet demo`'s simulated hosts run `setsid -w` (util-linux); use the
+  # ones fleet was built with, not whatever is on the caller's PATH.
   makeWrapperArgs = [
     "--prefix"
     "PATH"
@@ -72,14 +70,19 @@ python3Packages.buildPythonApplication rec {
       git
       nix
       openssh
+      util-linux
     ])
   ];
 
+  # nix/check-phase.nix's `programs`, by name (scripts/check-sandboxed puts the same on PATH;
+  # tests/nix checks that the two agree).
   nativeCheckInputs = [
     git
     # tests/nix parses every .nix file and evaluates nix/module.nix with nix-instantiate.
     nix
     openssh
+    # setsid: the demo's hosts and the local transport's tests
+    util-linux
   ]
   ++ (with python3Packages; [
     hypothesis
@@ -87,16 +90,11 @@ python3Packages.buildPythonApplication rec {
     pytestCheckHook
   ]);
 
-  # The tests marked sshd (tests/integration, tests/faults, tests/web, tests/browser) start
-  # real sshd servers as root on 127.0.0.x and log in to them. The build sandbox is not root
-  # and its build user has no login shell, so sshd refuses it. They run in CI (.ci/run) and,
-  # end to end, in the VM tests (nix/tests/).
-  disabledTestMarks = [ "sshd" ];
-
-  disabledTestPaths = lib.filter (path: builtins.pathExists (../. + "/${path}")) [
-    # Drives a real Chromium through Playwright, which the sandbox has neither of. Runs in CI.
-    "tests/browser"
-  ];
+  # Tests that need what the build sandbox has not (tests/conftest.py marks them): sshd run as
+  # root, root itself, dozens to hundreds of simulated hosts, Chromium, the network. They run
+  # in CI (.ci/run), which also runs exactly the rest as this check phase does
+  # (scripts/check-sandboxed); the VM tests (nix/tests/) run fleet end to end.
+  inherit (checkPhase) disabledTestMarks disabledTestPaths;
 
   preCheck = ''
     export HOME="$(mktemp -d)"

@@ -15,20 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from fleet.state import StateStore
 from tests.integration.conftest import client_key, fleet3, fleet_factory  # noqa: F401
 from tests.integration.harness import TestFleet, wait_until
-
-FLEET_FIXTURES = {"client_key", "fleet_factory", "fleet3"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if FLEET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.sshd)
-
 
 # ---------------------------------------------------------------------------------------------
 # Running fleet

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from fleet.api import Fleet
 from fleet.config.inventory import load_inventory
 from fleet.demo.simulation import start_demo
@@ -71,6 +73,7 @@ async def settled(server_pid: int, timeout: float = 10) -> Usage:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.many_processes
 def test_200_hosts_10_runs_in_one_process_leak_nothing(tmp_path: Path) -> None:
     with start_demo(tmp_path / "demo", HOSTS, break_host=None) as demo:
         with demo.config_path.open("a") as config:

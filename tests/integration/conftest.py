@@ -1,7 +1,8 @@
 """Fixtures of the integration tests: simulated fleets of real sshd servers (see harness/).
 
-Tests that use them are marked `sshd`. They need root, OpenSSH's sshd, ssh-keygen and git: a
-machine without them skips these tests, except under CI (CI set), where they fail instead.
+Tests that use them are marked `sshd` and `root` (tests/conftest.py). They need root, OpenSSH's
+sshd, ssh-keygen and git: a machine without them skips these tests, except under CI (CI set),
+where they fail instead.
 """
 
 from __future__ import annotations
@@ -13,14 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import ClientKey, FleetFactory, TestFleet, missing_requirements
-
-FLEET_FIXTURES = {"client_key", "fleet_factory", "fleet3"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if FLEET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.sshd)
 
 
 @pytest.fixture(scope="session")

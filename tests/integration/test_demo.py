@@ -329,6 +329,7 @@ def test_the_server_exits_when_its_parent_dies(tmp_path: Path) -> None:
     assert wait_until(lambda: not alive(server), 10.0)
 
 
+@pytest.mark.many_processes  # and a startup time under that load
 def test_fifty_hosts_start_quickly_and_all_answer(tmp_path: Path) -> None:
     started = time.monotonic()
     with start_demo(tmp_path / "fleet", 50) as fleet:

@@ -1,51 +1,41 @@
 # Evaluates nix/module.nix (or the flake's nixosModules.fleet, which wraps it) with nixpkgs'
-# real module system, lib.evalModules, and the stand-ins of stand-ins.nix. Prints what
-# tests/nix/test_module_eval.py checks:
+# real module system and the stand-in NixOS of nixpkgs/ (a copy of which, with the real lib
+# in it, tests/nix/conftest.py passes as `nixpkgs`). Prints what test_module_eval.py checks:
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval-module.nix \
-#     --arg lib 'import /path/to/nixpkgs/lib' --argstr configJson '{"services":{"fleet":{...}}}'
+#     --arg nixpkgs /path/to/stand-in-nixpkgs --argstr configJson '{"services":{"fleet":{...}}}'
 {
-  lib,
+  nixpkgs,
   configJson,
   # evaluate the flake's nixosModules.fleet instead of nix/module.nix
   fromFlake ? false,
-  # whether pkgs has fleet (as after the flake's overlay)
+  # whether the host applies the flake's overlay (pkgs.fleet-deploy)
   withOverlay ? true,
 }:
 let
-  standIns = import ./stand-ins.nix { inherit lib; };
+  flake = import ./eval-flake.nix { inherit nixpkgs; };
+  module = if fromFlake then flake.outputs.nixosModules.fleet else ../../nix/module.nix;
 
-  module =
-    if fromFlake then
-      (import ./eval-flake.nix { inherit lib; }).outputs.nixosModules.fleet
-    else
-      ../../nix/module.nix;
-
-  eval = lib.evalModules {
+  eval = import "${nixpkgs}/nixos/lib/eval-config.nix" {
     modules = [
-      standIns.nixosOptions
       module
       (builtins.fromJSON configJson)
+      { nixpkgs.overlays = if withOverlay then [ flake.outputs.overlays.default ] else [ ]; }
     ];
-    specialArgs = {
-      inherit (standIns) utils;
-      pkgs =
-        standIns.pkgs
-        // lib.optionalAttrs withOverlay {
-          fleet = standIns.fakePackage "fleet" // {
-            pname = "fleet-from-overlay";
-          };
-        };
-    };
   };
   inherit (eval) config;
+  inherit (eval._module.args) pkgs;
   cfg = config.services.fleet;
   withoutModule = lib.mapAttrs (_: value: removeAttrs value [ "_module" ]);
+  lib = import "${nixpkgs}/lib";
 in
 {
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
   inherit (config) warnings;
   package = cfg.package.pname;
+  packagePath = "${cfg.package}";
+  # nixpkgs' own fleet (fleetdm's), which the host's pkgs has too
+  fleetdmPath = "${pkgs.fleet}";
   settings = cfg.configFile.rendered;
   configFile = "${cfg.configFile}";
   services = withoutModule config.systemd.services;

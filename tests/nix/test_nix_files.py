@@ -33,6 +33,8 @@ MAY_BE_MISSING = {
     ROOT / "README.md",
     # written into the VM tests' config repository by nix/tests/common.nix
     ROOT / "nix" / "tests" / "config" / "hosts.json",
+    # nixpkgs' lib, copied beside the stand-in nixpkgs to evaluate it (tests/nix/conftest.py)
+    ROOT / "tests" / "nix" / "nixpkgs" / "lib",
 }
 
 
@@ -58,6 +60,9 @@ def test_the_nix_files_are_found() -> None:
         "nix/tests/config/flake.nix",
         "nix/tests/config/configurations.nix",
         "nix/tests/config/target.nix",
+        "nix/check-phase.nix",
+        "tests/nix/nixpkgs/default.nix",
+        "tests/nix/nixpkgs/flake.nix",
     } <= names
 
 

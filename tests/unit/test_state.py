@@ -747,6 +747,8 @@ def test_a_corrupt_database_is_a_state_error(tmp_path: Path) -> None:
     )
 
 
+# SQLite follows the symlink and writes its journal beside /dev/full: only root may.
+@pytest.mark.root
 def test_a_full_disk_is_a_state_error(tmp_path: Path) -> None:
     (tmp_path / "fleet.db").symlink_to("/dev/full")
 
