@@ -230,8 +230,9 @@ def test_a_cli_run_whose_process_died_shows_as_aborted(dashboard: DashboardServe
         )
     assert aborted["run"]["status"] == "ABORTED"
     assert ops_of(aborted["run"], "host1")["switch"] == "CANCELLED"
-    # its host lock went with it
-    fleet["host1"].stub.remove("switch-fifo")
+    # its session's host lock went with it; the orphaned switch holds the host's switch lock
+    # until it ends (one switch per host, ever), so let it end before the next run
+    fleet["host1"].stub.release_switch()
     run_id = dashboard.start_run("do-all", on="host1")
     assert dashboard.wait_run(run_id)["status"] == "COMPLETE"
 
