@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -342,8 +343,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     raise_nofile_limit()
     base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fleet-rtt-"))
-    if args.inventory:
-        return inventory(args, base)
+    try:
+        return inventory(args, base) if args.inventory else matrix(args, tools, base, argv)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def matrix(
+    args: argparse.Namespace, tools: list[Tool], base: Path, argv: Sequence[str] | None
+) -> int:
+    out = Path(args.out)
     records: list[RttRecord] = []
     for n, rtts in rtts_by_hosts(args).items():
         block = bench_hosts(n, rtts, args, tools, base)
